@@ -1,0 +1,137 @@
+"""Text-image batches from WebDataset shards (LAION-style or the synthetic world) with cached text embeddings.
+
+Usage:
+    dm = TextImageDataModule(encoder, synthetic={"num_scenes": 8000, "resolution": 32}, resolution=32)
+    dm = TextImageDataModule(encoder, shards="/laion/{00000..00099}.tar", resolution=64)
+    dm.prepare_data(); dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))  # images (B, 3, H, W) in [-1, 1], text_embeds, text_mask, ...
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import lightning
+import torch
+import webdataset as wds
+
+from imagen_lit.data.pipeline import (
+    Batcher,
+    DecodeImages,
+    JoinEmbeddings,
+    SampleShuffle,
+    ShardList,
+    SkipCounter,
+    WarnAndCount,
+)
+from imagen_lit.data.shards import build_embedding_cache, read_manifest, write_synthetic_shards
+from imagen_lit.data.sources import cache_paths, expand_shards, is_local
+
+SYNTHETIC_KEYS = ("num_scenes", "seed", "resolution", "samples_per_shard", "image_format")
+
+
+class TextImageDataModule(lightning.LightningDataModule):
+    """Shards -> (images, text_embeds, text_mask) batches; captions are encoded once in prepare_data."""
+
+    def __init__(
+        self,
+        text_encoder,
+        shards: str | list[str] | None = None,
+        data_dir: str = "data",
+        cache_dir: str | None = None,
+        synthetic: dict | None = None,
+        resolution: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        max_text_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        if (shards is None) == (synthetic is None):
+            raise ValueError("give exactly one of shards (a path, glob or brace pattern of .tar files) and "
+                             f"synthetic (e.g. {{'num_scenes': 8000}}); got shards={shards!r}, "
+                             f"synthetic={synthetic!r}")
+        if batch_size < 1 or resolution < 1 or num_workers < 0:
+            raise ValueError(f"need batch_size >= 1, resolution >= 1, num_workers >= 0; got {batch_size}, "
+                             f"{resolution}, {num_workers}")
+        if max_text_length is not None and max_text_length < 1:
+            raise ValueError(f"max_text_length must be None or >= 1, got {max_text_length}")
+        self.synthetic = None
+        if synthetic is not None:
+            defaults = {"num_scenes": 8000, "seed": 0, "resolution": resolution, "samples_per_shard": 1000,
+                        "image_format": "png"}
+            self.synthetic = {**defaults, **dict(synthetic)}
+            unknown = set(self.synthetic) - set(SYNTHETIC_KEYS)
+            if unknown:
+                raise ValueError(f"unknown synthetic options {sorted(unknown)}; known ones: {SYNTHETIC_KEYS}")
+        self.text_encoder = text_encoder
+        self.shards, self.data_dir, self.cache_dir = shards, data_dir, cache_dir
+        self.resolution, self.batch_size, self.num_workers = resolution, batch_size, num_workers
+        self.shuffle_buffer, self.seed, self.max_text_length = shuffle_buffer, seed, max_text_length
+        self.urls: list[str] | None = None
+        self.cache_files: dict[str, str] | None = None
+
+    @property
+    def synthetic_dir(self) -> str:
+        """Folder of the synthetic shards, named by every parameter that changes their content."""
+        s = self.synthetic
+        name = (f"synthetic-n{s['num_scenes']}-r{s['resolution']}-seed{s['seed']}-"
+                f"sps{s['samples_per_shard']}-{s['image_format']}")
+        return os.path.join(self.data_dir, name)
+
+    def _shard_urls(self) -> list[str]:
+        if self.synthetic is None:
+            patterns = [self.shards] if isinstance(self.shards, str) else list(self.shards)
+            return [url for pattern in patterns for url in expand_shards(pattern)]
+        urls = read_manifest(self.synthetic_dir)
+        if urls is None:
+            raise FileNotFoundError(f"no complete synthetic dataset in {self.synthetic_dir}; call "
+                                    "prepare_data() first (the Trainer does this before setup)")
+        return urls
+
+    def prepare_data(self) -> None:
+        """Render synthetic shards if missing; encode every shard's captions into the cache (rank 0 only)."""
+        if self.synthetic is not None:
+            write_synthetic_shards(self.synthetic_dir, **self.synthetic)
+        build_embedding_cache(self._shard_urls(), self.text_encoder, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve the shard list and check that every local shard's cache exists, before training starts."""
+        self.urls = self._shard_urls()
+        paths = cache_paths(self.urls, self.text_encoder.cache_key, self.cache_dir)
+        pairs = zip(self.urls, paths, strict=True)
+        missing = [p for url, p in pairs if is_local(url) and not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} embedding cache files are missing (first: "
+                                    f"{missing[0]}); call prepare_data() to encode the captions")
+        self.cache_files = dict(zip(self.urls, paths, strict=True))
+
+    def train_dataloader(self) -> wds.WebLoader:
+        """Shuffled shards split over ranks then workers; batches are built in the workers."""
+        if self.urls is None:
+            self.setup("fit")
+        world = self.trainer.world_size if self.trainer is not None else 1
+        readers = world * max(1, self.num_workers)
+        if len(self.urls) < readers:
+            warnings.warn(f"{len(self.urls)} shards for {readers} readers (ranks x workers): some read "
+                          "nothing; use more, smaller shards or fewer workers", stacklevel=2)
+        counter = SkipCounter()  # one per worker once the pipeline is copied into each worker
+        pipeline = wds.DataPipeline(
+            ShardList(self.urls, seed=self.seed),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=WarnAndCount(counter)),
+            JoinEmbeddings(self.cache_files, counter),
+            SampleShuffle(self.shuffle_buffer, seed=self.seed),
+            DecodeImages(self.resolution, counter),
+            Batcher(self.batch_size, counter, self.max_text_length),
+        )
+        return wds.WebLoader(
+            pipeline,
+            batch_size=None,  # already batched in the workers
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,  # keeps each worker's epoch counter for reshuffling
+            pin_memory=torch.cuda.is_available(),
+        )

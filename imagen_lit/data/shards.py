@@ -1,0 +1,193 @@
+"""Write the synthetic world as WebDataset shards, and encode every shard's captions once into a cache."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import tarfile
+import warnings
+
+import torch
+import webdataset as wds
+from webdataset.tariterators import base_plus_ext
+
+from imagen_lit.data.render import render_scene
+from imagen_lit.data.sources import cache_paths, is_local, shard_name
+from imagen_lit.data.world import Scene, sample_scene
+from imagen_lit.text.cache import read_metadata, save_embeddings
+
+MANIFEST = "manifest.json"
+IMAGE_FORMATS = ("png", "jpg")
+
+
+def synthetic_scene(seed: int, index: int) -> Scene:
+    """Scene number `index` of the dataset with this seed; independent of shard size and order."""
+    return sample_scene(random.Random(f"imagen-lit/{seed}/{index}"))
+
+
+def write_synthetic_shards(
+    out_dir: str,
+    num_scenes: int,
+    resolution: int,
+    seed: int,
+    samples_per_shard: int = 1000,
+    image_format: str = "png",
+) -> list[str]:
+    """Render scenes into out_dir/shard-NNNNNN.tar (key, image, txt, json); reuse a complete identical set."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    if num_scenes < 1 or samples_per_shard < 1 or resolution < 1:
+        raise ValueError(f"num_scenes, samples_per_shard and resolution must be >= 1, got {num_scenes}, "
+                         f"{samples_per_shard}, {resolution}")
+    out_dir = os.path.abspath(out_dir)
+    params = {"num_scenes": num_scenes, "resolution": resolution, "seed": seed,
+              "samples_per_shard": samples_per_shard, "image_format": image_format}
+    existing = read_manifest(out_dir, params)
+    if existing is not None:
+        return existing
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, MANIFEST)):
+        raise FileExistsError(f"{out_dir} is not empty and holds no {MANIFEST}; point out_dir at an empty or "
+                              "new folder (only a finished synthetic dataset, with a manifest, is replaced)")
+
+    # Everything goes into a private temp folder that is renamed into place once the manifest is in it.
+    tmp = f"{out_dir}.partial-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    names, counts = [], []
+    for start in range(0, num_scenes, samples_per_shard):
+        names.append(f"shard-{len(names):06d}.tar")
+        stop = min(start + samples_per_shard, num_scenes)
+        # an int mtime: a float one makes tarfile add a 1 KiB PAX header to every member
+        with wds.TarWriter(os.path.join(tmp, names[-1]), encoder=False, mtime=0) as sink:
+            for index in range(start, stop):
+                scene = synthetic_scene(seed, index)
+                sink.write({
+                    "__key__": f"{index:08d}",
+                    image_format: _encode(render_scene(scene, resolution), image_format),
+                    "txt": scene.caption.encode("utf-8"),
+                    "json": scene.to_json().encode("utf-8"),
+                })
+        counts.append(stop - start)
+    manifest = {**params, "complete": True, "shards": names, "counts": counts}
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+    existing = read_manifest(out_dir, params)  # another process may have finished first
+    if existing is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return existing
+    if os.path.exists(out_dir):  # an older dataset with other parameters (its stale embeds go with it)
+        old = f"{out_dir}.old-{socket.gethostname()}-{os.getpid()}"
+        os.rename(out_dir, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.rename(tmp, out_dir)
+    return [os.path.join(out_dir, name) for name in names]
+
+
+def read_manifest(out_dir: str, params: dict | None = None) -> list[str] | None:
+    """Shard paths of a complete synthetic dataset in out_dir (matching params if given), else None."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST)) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not manifest.get("complete") or any(manifest.get(k) != v for k, v in (params or {}).items()):
+        return None
+    paths = [os.path.join(out_dir, name) for name in manifest["shards"]]
+    return paths if all(os.path.isfile(p) for p in paths) else None
+
+
+def _encode(image, image_format: str) -> bytes:
+    buf = io.BytesIO()
+    if image_format == "png":
+        image.save(buf, format="PNG", optimize=False)
+    else:
+        image.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def decode_caption(data: bytes | None) -> str:
+    """Caption text from a sample's `txt` bytes ('' when missing); the one rule for cache and training."""
+    return data.decode("utf-8", errors="replace").strip() if data else ""
+
+
+def read_captions(url: str) -> tuple[list[str], list[str], list[str]]:
+    """(keys, captions, keys without a caption) of a shard, reading only the `txt` members' bytes."""
+    captions: dict[str, str] = {}
+    keys: list[str] = []
+    try:
+        with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                key, ext = base_plus_ext(member.name)  # webdataset's own key rule, so keys match at training
+                if not member.isreg() or key is None or key.startswith("__"):
+                    continue
+                if key not in captions:
+                    keys.append(key)
+                    captions[key] = ""
+                if ext.lower() == "txt":
+                    captions[key] = decode_caption(tar.extractfile(member).read())
+    except (tarfile.TarError, OSError, EOFError) as e:
+        warnings.warn(f"shard {url} is truncated or corrupt ({e}); caching the {len(keys)} samples read "
+                      "before the damage", stacklevel=2)
+    kept = [k for k in keys if captions[k]]
+    return kept, [captions[k] for k in kept], [k for k in keys if not captions[k]]
+
+
+def build_embedding_cache(
+    shard_paths: list[str], text_encoder, cache_dir: str | None = None, chunk_size: int = 256
+) -> list[str]:
+    """Encode each shard's captions once into its cache file (missing or stale ones only); return the paths.
+
+    With cache_dir None each shard's cache goes to <shard dir>/embeds/<cache_key>/<shard name>.safetensors.
+    """
+    paths = cache_paths(shard_paths, text_encoder.cache_key, cache_dir)
+    for url, path in zip(shard_paths, paths, strict=True):
+        stamp = _shard_stamp(url)
+        if os.path.isfile(path) and _is_current(path, stamp):
+            continue
+        keys, captions, missing = read_captions(url)
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            warnings.warn(f"shard {url}: {len(missing)} samples have no caption and are skipped: {shown}",
+                          stacklevel=2)
+        embeds, mask = _encode_all(text_encoder, captions, chunk_size)
+        metadata = {"shard": shard_name(url), "encoder": text_encoder.cache_key, "shard_stamp": stamp}
+        save_embeddings(path, keys, embeds, mask, metadata=metadata)
+    return paths
+
+
+def _shard_stamp(url: str) -> str:
+    """Size and mtime of a local shard ('' for remote ones): a rewritten shard invalidates its cache."""
+    if not is_local(url):
+        return ""
+    st = os.stat(url.replace("file://", "", 1))
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _is_current(path: str, stamp: str) -> bool:
+    try:
+        return read_metadata(path).get("shard_stamp", "") == stamp
+    except ValueError:  # truncated or foreign file: rebuild it
+        return False
+
+
+@torch.no_grad()
+def _encode_all(text_encoder, captions: list[str], chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode in chunks; each chunk is trimmed to its longest caption, then all are padded to one length."""
+    embeds, masks = [], []
+    for i in range(0, len(captions), chunk_size):
+        e, m = text_encoder.encode(captions[i : i + chunk_size])  # (b, L, D), (b, L)
+        m = m.bool().cpu()
+        used = int(m.any(dim=0).nonzero().max()) + 1 if m.any() else 1
+        embeds.append(e[:, :used].float().cpu())
+        masks.append(m[:, :used])
+    if not embeds:
+        return torch.zeros(0, 1, text_encoder.dim), torch.zeros(0, 1, dtype=torch.bool)
+    length = max(e.shape[1] for e in embeds)
+    embeds = [torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embeds]  # (b, length, D)
+    masks = [torch.nn.functional.pad(m, (0, length - m.shape[1])) for m in masks]  # (b, length), pad False
+    return torch.cat(embeds), torch.cat(masks)
