@@ -1,0 +1,164 @@
+"""The Gaussian noising process, its training loss and the sampling entry point (Imagen Sec. 2, App. A)."""
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from imagen_lit.diffusion.guidance import check_guidance_weight, guided_model_fn
+from imagen_lit.diffusion.samplers import get_sampler, time_grid
+from imagen_lit.diffusion.schedules import LogSNRSchedule
+from imagen_lit.diffusion.thresholding import check_thresholding, threshold_x0
+
+PREDICTIONS = ("eps", "v", "x0")
+
+
+def check_sampling_options(
+    sampler: str = "ddpm",
+    steps: int = 50,
+    guidance_weight: float = 1.0,
+    thresholding: str = "dynamic",
+    percentile: float = 0.995,
+    eta: float = 0.0,
+) -> None:
+    """Validate sampling settings before any work is done; ValueError that says what is allowed."""
+    get_sampler(sampler)
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps} (an integer number of sampling steps)")
+    check_guidance_weight(guidance_weight)
+    check_thresholding(thresholding, percentile)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = ancestral variance), got {eta}")
+
+
+def _expand(coef: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) to broadcast over every non-batch dim of `like`."""
+    return coef.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _gen_device(generator: torch.Generator | None, device: torch.device | str | None):
+    """Draw on the generator's own device, so a CPU generator also seeds CUDA training; move afterwards."""
+    return device if generator is None else generator.device
+
+
+class GaussianDiffusion:
+    """Continuous-time Gaussian diffusion (Imagen Sec. 2, App. A).
+
+    Takes the network as an argument, never owns it. Time t is in [0, 1] (t = 0 clean); `prediction`
+    names what the network regresses: eps, v or x0.
+    """
+
+    def __init__(self, schedule: LogSNRSchedule, prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        self.schedule = schedule
+        self.prediction = prediction
+
+    def __repr__(self) -> str:
+        return f"GaussianDiffusion(schedule={self.schedule!r}, prediction={self.prediction!r})"
+
+    def _alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        alpha, sigma = self.schedule.alpha_sigma(t.to(like.device))
+        return _expand(alpha, like), _expand(sigma, like)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = alpha_t x0 + sigma_t eps (Imagen Sec. 2, q(z_t | x))."""
+        alpha, sigma = self._alpha_sigma(t, x0)
+        return (alpha * x0.float() + sigma * noise.float()).to(x0.dtype)
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """Regression target: eps, v = alpha eps - sigma x0 (Salimans & Ho 2022 Sec. 4), or x0."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        alpha, sigma = self._alpha_sigma(t, x0)
+        return (alpha * noise.float() - sigma * x0.float()).to(x0.dtype)
+
+    def to_x0_eps(self, model_out: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(x0_hat, eps_hat) in float32 from the raw output, inverting x_t = alpha x0 + sigma eps."""
+        alpha, sigma = self._alpha_sigma(t, x_t)
+        out, x_t = model_out.float(), x_t.float()
+        if self.prediction == "eps":
+            return (x_t - sigma * out) / alpha, out
+        if self.prediction == "x0":
+            return out, (x_t - alpha * out) / sigma
+        # v-prediction (Salimans & Ho 2022 Sec. 4): x0 = alpha x_t - sigma v, eps = sigma x_t + alpha v.
+        return alpha * x_t - sigma * out, sigma * x_t + alpha * out
+
+    def sample_t(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> Tensor:
+        """t ~ U(0, 1) per sample (Imagen App. A, continuous time)."""
+        return torch.rand(batch, generator=generator, device=_gen_device(generator, device)).to(device)
+
+    def training_loss(
+        self,
+        model_fn: Callable[..., Tensor],
+        x0: Tensor,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **model_kwargs,
+    ) -> tuple[Tensor, Tensor]:
+        """Per-sample MSE of output vs target (Imagen Sec. 2 Eq. 1); returns (loss [B] float32, t [B])."""
+        if t is None:
+            t = self.sample_t(x0.shape[0], generator=generator, device=x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=_gen_device(generator, x0.device), dtype=x0.dtype)
+            noise = noise.to(x0.device)
+        x_t = self.q_sample(x0, t, noise)
+        out = model_fn(x_t, t, **model_kwargs)
+        if out.shape != x0.shape:
+            raise ValueError(f"model output shape {tuple(out.shape)} must equal x0's {tuple(x0.shape)}")
+        err = (out.float() - self.target(x0, noise, t).float()) ** 2
+        return err.reshape(x0.shape[0], -1).mean(dim=1), t  # (B,)
+
+    def make_denoiser(
+        self,
+        model_fn: Callable[..., Tensor],
+        cond: dict[str, Tensor],
+        null_cond: dict[str, Tensor] | None = None,
+        guidance_weight: float = 1.0,
+        thresholding: str = "dynamic",
+        percentile: float = 0.995,
+        shared: dict[str, Tensor] | None = None,
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """denoise(x_t, t) -> x0_hat: guidance (Imagen Sec. 2.2), output to x0, thresholding (Sec. 2.3)."""
+        check_thresholding(thresholding, percentile)
+        guided = guided_model_fn(model_fn, cond, null_cond, guidance_weight, shared)
+
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            x0, _ = self.to_x0_eps(guided(x_t, t), x_t, t)
+            return threshold_x0(x0, thresholding, percentile)
+
+        return denoise
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model_fn: Callable[..., Tensor],
+        noise: Tensor,
+        *,
+        cond: dict[str, Tensor],
+        null_cond: dict[str, Tensor] | None = None,
+        guidance_weight: float = 1.0,
+        thresholding: str = "dynamic",
+        percentile: float = 0.995,
+        sampler: str = "ddpm",
+        steps: int = 50,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        shared: dict[str, Tensor] | None = None,
+        callback: Callable[[dict], None] | None = None,
+        disable: bool = True,
+    ) -> Tensor:
+        """Sample from x_1 = noise down to t = 0 with a guided, thresholded denoiser (Imagen Sec. 2.2-2.3)."""
+        check_sampling_options(sampler, steps, guidance_weight, thresholding, percentile, eta)
+        sample_fn = get_sampler(sampler)
+        ts = time_grid(steps)
+        denoise = self.make_denoiser(model_fn, cond, null_cond, guidance_weight, thresholding, percentile, shared)
+        kwargs = {"generator": generator, "callback": callback, "disable": disable}
+        if sampler == "ddim":
+            kwargs["eta"] = eta  # the only sampler with a noise knob
+        return sample_fn(denoise, noise, ts, self.schedule, **kwargs)
