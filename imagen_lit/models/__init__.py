@@ -1,0 +1,6 @@
+"""Networks as plain nn.Modules."""
+
+from imagen_lit.models.ema import EMA
+from imagen_lit.models.unet import UNet
+
+__all__ = ["EMA", "UNet"]
