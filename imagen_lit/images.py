@@ -1,0 +1,36 @@
+"""Image tensors to files: uint8 conversion, grids and PNG writing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+from torch import Tensor
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """Images in [-1, 1], [B, 3, H, W] -> uint8 array [B, H, W, 3]."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "b c h w -> b h w c").cpu().numpy()
+
+
+def make_grid(images: Tensor, nrow: int | None = None, pad: int = 2) -> Tensor:
+    """Tile [B, 3, H, W] images into one [3, H', W'] grid, nrow images per row, padded with white."""
+    b, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / nrow)
+    canvas = images.new_ones(rows * nrow, c, h + 2 * pad, w + 2 * pad)
+    canvas[:b, :, pad : pad + h, pad : pad + w] = images
+    return rearrange(canvas, "(r n) c h w -> c (r h) (n w)", n=nrow)
+
+
+def save_png(image: Tensor, path: str | Path) -> Path:
+    """Write one [3, H, W] image in [-1, 1] as PNG, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(image[None])[0]).save(path)
+    return path

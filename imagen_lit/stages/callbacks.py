@@ -1,0 +1,87 @@
+"""Training callbacks: sample grids for fixed prompts, the run config inside checkpoints, batch sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from imagen_lit.images import make_grid, save_png
+
+CHECKPOINT_CONFIG_KEY = "imagen_lit_config"
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    """Number of images in a batch (for Lightning's ThroughputMonitor)."""
+    return int(batch["images"].shape[0])
+
+
+class SampleGrid(L.Callback):
+    """Every N steps and at the end of training, sample fixed prompts and log the grid to TensorBoard and disk."""
+
+    def __init__(
+        self,
+        prompts: list[str],
+        every_n_steps: int = 1000,
+        num_per_prompt: int = 1,
+        seed: int = 0,
+        out_dir: str | None = None,
+        sampling: dict[str, Any] | None = None,
+    ):
+        if not prompts:
+            raise ValueError("SampleGrid needs at least one prompt")
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.prompts = [p for p in prompts for _ in range(num_per_prompt)]
+        self.every_n_steps = every_n_steps
+        self.num_per_prompt = num_per_prompt
+        self.seed = seed
+        self.out_dir = out_dir
+        self.sampling = dict(sampling or {})
+        self._cond: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_step = -1
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The fixed prompts are encoded once, with the encoder the data was cached with.
+        self._cond = trainer.datamodule.text_encoder.encode(self.prompts)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.log_samples(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_samples(trainer, pl_module, name="final")
+
+    @rank_zero_only
+    def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str | None = None) -> None:
+        """Sample the prompts with a fixed seed; write samples/<step or name>.png and log to TensorBoard."""
+        step = trainer.global_step
+        if self._cond is None or (name is None and step == self._last_step):
+            return
+        self._last_step = step
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        images = pl_module.generate(*self._cond, generator=generator, **self.sampling)
+        grid = make_grid(images.float().cpu(), nrow=self.num_per_prompt if self.num_per_prompt > 1 else None)
+        out_dir = Path(self.out_dir or Path(trainer.default_root_dir) / "samples")
+        save_png(grid, out_dir / f"{name or f'step_{step:07d}'}.png")
+        (out_dir / "prompts.json").write_text(json.dumps({"prompts": self.prompts, **self.sampling}, indent=2))
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("samples", (grid + 1) / 2, global_step=step)
+
+
+class SaveRunConfig(L.Callback):
+    """Store the resolved run config in every checkpoint so sample.py can rebuild the stage from it alone."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[CHECKPOINT_CONFIG_KEY] = self.config
