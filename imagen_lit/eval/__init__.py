@@ -1,0 +1,1 @@
+"""Evaluation on the synthetic world and with real feature networks."""

@@ -1,0 +1,93 @@
+"""Sample images from a trained stage checkpoint: one PNG per image, a grid, and a JSON of the settings.
+
+    python sample.py ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
+    python sample.py ckpt_path=... prompts='[a red circle, two blue squares]' num_images=4 \
+        sampler=ddim steps=50 guidance_weight=5 thresholding=dynamic seed=1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from imagen_lit.build import load_stage
+from imagen_lit.diffusion import check_sampling_options
+from imagen_lit.images import make_grid, save_png
+
+log = logging.getLogger(__name__)
+SAMPLING_KEYS = ("sampler", "steps", "guidance_weight", "thresholding", "percentile", "eta")
+
+
+def read_prompts(cfg: DictConfig) -> list[str]:
+    """Prompts from cfg.prompts and/or cfg.prompts_file (one per line); error if none."""
+    prompts = [str(p) for p in (cfg.get("prompts") or [])]
+    if cfg.get("prompts_file"):
+        path = Path(cfg.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts_file not found: {path}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts given: pass prompts='[a red circle, ...]' or prompts_file=path.txt")
+    return prompts
+
+
+def sample(cfg: DictConfig) -> Path:
+    """Generate cfg.num_images per prompt; return the output folder."""
+    prompts = read_prompts(cfg)
+    if cfg.num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")
+    overrides = {k: cfg[k] for k in SAMPLING_KEYS if cfg.get(k) is not None}
+    check_sampling_options(**overrides)  # fail before loading anything
+    stage, text_encoder, _ = load_stage(cfg.ckpt_path)
+    settings = {**stage.sampling, **overrides}
+    out_dir = Path(cfg.output_dir)
+    jobs = [(p, i) for p in prompts for i in range(cfg.num_images)]
+    images: list[torch.Tensor] = []
+    num_batches = -(-len(jobs) // cfg.batch_size)
+    bar = tqdm(total=num_batches * settings["steps"], desc="sampling", unit="step", disable=not cfg.progress)
+    for start in range(0, len(jobs), cfg.batch_size):
+        chunk = jobs[start : start + cfg.batch_size]
+        embeds, mask = text_encoder.encode([p for p, _ in chunk])
+        # One generator per batch, seeded from (seed, batch index): results do not depend on earlier batches.
+        generator = torch.Generator().manual_seed(cfg.seed + start)
+        batch = stage.generate(
+            embeds, mask, generator=generator, use_ema=cfg.use_ema,
+            callback=lambda _: bar.update(1), **overrides,
+        )
+        images.append(batch.float().cpu())
+    bar.close()
+    images_t = torch.cat(images)
+    records = []
+    for idx, ((prompt, i), image) in enumerate(zip(jobs, images_t, strict=True)):
+        path = save_png(image, out_dir / "images" / f"{idx:05d}.png")
+        records.append({"file": str(path.relative_to(out_dir)), "prompt": prompt, "index": i})
+    save_png(make_grid(images_t, nrow=cfg.num_images), out_dir / "grid.png")
+    meta: dict[str, Any] = {
+        "ckpt_path": str(cfg.ckpt_path), "seed": cfg.seed, "use_ema": cfg.use_ema,
+        "num_images": cfg.num_images, "sampling": settings, "images": records,
+    }
+    (out_dir / "samples.json").write_text(json.dumps(meta, indent=2))
+    log.info("wrote %d images, grid.png and samples.json to %s", len(records), out_dir)
+    return out_dir
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    log.debug(OmegaConf.to_yaml(cfg))
+    try:
+        sample(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""End to end: train.py trains a tiny config and sample.py samples from its checkpoint, in a tmp dir."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from imagen_lit.data import write_synthetic_shards
+from sample import sample
+from tests.conftest import ROOT, compose_config
+from train import train
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """All scalars of the run's TensorBoard event files, read with tensorboard's own reader."""
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture
+def trained(train_cfg):
+    train(train_cfg)
+    return Path(train_cfg.paths.output_dir)
+
+
+def sample_cfg(tmp_path: Path, ckpt: Path | str, *extra: str):
+    return compose_config("sample", tmp_path / "samples", [f"ckpt_path={ckpt}", "progress=false", *extra])
+
+
+def test_train_then_sample(trained, tmp_path):
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    assert (trained / "samples" / "final.png").is_file()
+    assert (trained / "samples" / "step_0000002.png").is_file()
+    logged = scalars(trained)
+    assert len(logged["train/loss"]) == 4 and all(v == v for v in logged["train/loss"])
+    assert "lr-AdamW" in logged
+
+    cfg = sample_cfg(tmp_path, ckpt, "num_images=3", "prompts=[a red circle,a blue star]", "sampler=ddim",
+                     "steps=2", "guidance_weight=2.0", "thresholding=static", "seed=5")
+    out = sample(cfg)
+    meta = json.loads((out / "samples.json").read_text())
+    assert len(meta["images"]) == 6 and meta["sampling"]["sampler"] == "ddim"
+    assert meta["sampling"]["guidance_weight"] == 2.0
+    first = Image.open(out / meta["images"][0]["file"])
+    assert first.size == (16, 16) and Image.open(out / "grid.png").size[0] > 16 * 3
+    # Same seed, same pixels.
+    again = sample(sample_cfg(tmp_path / "again", ckpt, "num_images=3", "prompts=[a red circle,a blue star]",
+                              "sampler=ddim", "steps=2", "guidance_weight=2.0", "thresholding=static", "seed=5"))
+    assert (again / "images" / "00004.png").read_bytes() == (out / "images" / "00004.png").read_bytes()
+
+
+def test_resume_continues_the_step_count(trained, tmp_path, shared_data_dir):
+    from tests.conftest import TINY
+
+    cfg = compose_config("train", tmp_path / "resumed", TINY + [
+        f"paths.data_dir={shared_data_dir}", "trainer.max_steps=6",
+        f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+    ])
+    train(cfg)
+    state = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 6
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        (["prompts=[]"], ValueError, "no prompts"),
+        (["sampler=euler_a"], ValueError, "unknown sampler"),
+        (["guidance_weight=-1"], ValueError, "guidance_weight must be >= 0"),
+        (["thresholding=soft"], ValueError, "thresholding"),
+        ([], FileNotFoundError, "checkpoint not found"),
+    ],
+)
+def test_sample_bad_input(tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        sample(sample_cfg(tmp_path, tmp_path / "missing.ckpt", *overrides))
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(ValueError, match="bad.ckpt"):
+        sample(sample_cfg(tmp_path, bad))
+
+
+def test_missing_shards_fail_before_training(train_cfg):
+    with open_dict(train_cfg):
+        train_cfg.data.synthetic = None
+        train_cfg.data.shards = "/nonexistent/shard-{000000..000003}.tar"
+    with pytest.raises(FileNotFoundError, match="nonexistent"):
+        train(train_cfg)
+
+
+def _corrupt(shard: Path) -> None:
+    """Replace the first sample's png with garbage and drop the second sample's caption."""
+    members = []
+    with tarfile.open(shard) as tar:
+        for m in tar.getmembers():
+            members.append((m, tar.extractfile(m).read()))
+    keys = sorted({m.name.split(".")[0] for m, _ in members})
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            key, ext = m.name.split(".", 1)
+            if key == keys[1] and ext == "txt":
+                continue
+            if key == keys[0] and ext == "png":
+                data = b"\x89PNG garbage" * 10
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+def test_corrupt_samples_are_skipped_and_counted(train_cfg, tmp_path):
+    shards = write_synthetic_shards(tmp_path / "shards", num_scenes=32, resolution=16, seed=3, samples_per_shard=16)
+    _corrupt(Path(shards[0]))
+    with open_dict(train_cfg):
+        train_cfg.data.synthetic = None
+        train_cfg.data.shards = str(tmp_path / "shards" / "*.tar")
+        train_cfg.trainer.max_steps = -1
+        train_cfg.trainer.max_epochs = 1
+    with pytest.warns(UserWarning):
+        train(train_cfg)
+    logged = scalars(Path(train_cfg.paths.output_dir))
+    assert logged["data/skipped_samples"][-1] == 2
+    assert len(logged["train/loss"]) == 4  # 30 good samples at batch 8: 3 full batches and one of 6
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("sample.py", ["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found"),
+        ("sample.py", ["ckpt_path=x.ckpt", "guidance_weight=-2"], "guidance_weight must be >= 0"),
+        ("train.py", ["data=webdataset", "data.shards='/nonexistent/{0..3}.tar'"], "nonexistent"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, script, args, message):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args, f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

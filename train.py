@@ -1,0 +1,66 @@
+"""Train an Imagen cascade stage with Lightning, configured by Hydra.
+
+    python train.py experiment=quickstart                      # the README's main job (CPU, ~10 min)
+    python train.py trainer=gpu unet=base_small data.batch_size=64
+    python train.py -m text_encoder=minilm_l1,minilm_l3,minilm  # encoder-size sweep
+    python train.py ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt   # resume
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from imagen_lit.build import build_stage
+from imagen_lit.stages.callbacks import SaveRunConfig
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build encoder, data, stage and trainer from cfg, fit, and return the final logged metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    text_encoder = instantiate(cfg.text_encoder)
+    datamodule = instantiate(cfg.data, text_encoder=text_encoder)
+    stage = build_stage(cfg, text_encoder.dim)
+    run_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(SaveRunConfig(run_config))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(_flatten(run_config))
+    log.info("training %s for %s steps", type(stage.unet).__name__, cfg.trainer.get("max_steps"))
+    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> flat {'a/b': value} with scalar values, for TensorBoard hparams."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}/"))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
