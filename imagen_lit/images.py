@@ -34,3 +34,13 @@ def save_png(image: Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(to_uint8(image[None])[0]).save(path)
     return path
+
+
+def split_grid(grid: np.ndarray, count: int, image_size: int, nrow: int, pad: int = 2) -> np.ndarray:
+    """Inverse of make_grid on a saved uint8 grid [H', W', 3] -> the first `count` tiles [B, H, W, 3]."""
+    side = image_size + 2 * pad
+    rows = math.ceil(count / nrow)
+    if grid.shape[0] < rows * side or grid.shape[1] < nrow * side:
+        raise ValueError(f"grid of shape {grid.shape} is too small for {count} tiles of {image_size}px, {nrow} per row")
+    tiles = rearrange(grid[: rows * side, : nrow * side], "(r h) (n w) c -> (r n) h w c", h=side, w=side)
+    return tiles[:count, pad : pad + image_size, pad : pad + image_size]

@@ -15,6 +15,7 @@ from omegaconf import open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from experiments.colour_fidelity import from_grid
 from imagen_lit.data import write_synthetic_shards
 from sample import sample
 from tests.conftest import ROOT, compose_config
@@ -43,6 +44,8 @@ def test_train_then_sample(trained, tmp_path):
     assert ckpt.is_file()
     assert (trained / "samples" / "final.png").is_file()
     assert (trained / "samples" / "step_0000002.png").is_file()
+    prompts, tiles, sampling = from_grid(trained / "samples", "final")
+    assert prompts == ["a red circle"] and tiles.shape == (1, 16, 16, 3) and sampling["steps"] == 2
     logged = scalars(trained)
     assert len(logged["train/loss"]) == 4 and all(v == v for v in logged["train/loss"])
     assert "lr-AdamW" in logged

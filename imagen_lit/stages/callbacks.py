@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from imagen_lit.images import make_grid, save_png
 
 CHECKPOINT_CONFIG_KEY = "imagen_lit_config"
+GRID_PAD = 2
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:
@@ -65,10 +67,14 @@ class SampleGrid(L.Callback):
         self._last_step = step
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         images = pl_module.generate(*self._cond, generator=generator, **self.sampling)
-        grid = make_grid(images.float().cpu(), nrow=self.num_per_prompt if self.num_per_prompt > 1 else None)
+        nrow = self.num_per_prompt if self.num_per_prompt > 1 else math.ceil(math.sqrt(len(images)))
+        grid = make_grid(images.float().cpu(), nrow=nrow, pad=GRID_PAD)
         out_dir = Path(self.out_dir or Path(trainer.default_root_dir) / "samples")
         save_png(grid, out_dir / f"{name or f'step_{step:07d}'}.png")
-        (out_dir / "prompts.json").write_text(json.dumps({"prompts": self.prompts, **self.sampling}, indent=2))
+        layout = {"nrow": nrow, "pad": GRID_PAD, "image_size": images.shape[-1], "seed": self.seed}
+        settings = {**pl_module.sampling, **self.sampling}
+        (out_dir / "prompts.json").write_text(json.dumps({"prompts": self.prompts, "grid": layout,
+                                                         "sampling": settings}, indent=2))
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):

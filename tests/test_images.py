@@ -1,0 +1,14 @@
+import numpy as np
+import pytest
+import torch
+
+from imagen_lit.images import make_grid, split_grid, to_uint8
+
+
+def test_split_grid_inverts_make_grid():
+    images = torch.rand(7, 3, 5, 5) * 2 - 1
+    grid = to_uint8(make_grid(images, nrow=3, pad=2)[None])[0]
+    tiles = split_grid(grid, count=7, image_size=5, nrow=3, pad=2)
+    np.testing.assert_array_equal(tiles, to_uint8(images))
+    with pytest.raises(ValueError, match="too small"):
+        split_grid(grid, count=10, image_size=5, nrow=3, pad=2)
