@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from data_testing import FakeEncoder
+from tests.data.data_testing import FakeEncoder
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import warnings
 import lightning
 import pytest
 import torch
-from data_testing import FakeEncoder, as_cached, image_bytes, write_tar
+from tests.data.data_testing import FakeEncoder, as_cached, image_bytes, write_tar
 
 from imagen_lit.data import TextImageDataModule, synthetic_scene
 

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 import torch
 import webdataset as wds
-from data_testing import as_cached, image_bytes, write_tar
+from tests.data.data_testing import as_cached, image_bytes, write_tar
 from PIL import Image
 
 from imagen_lit.data import build_embedding_cache, synthetic_scene, write_synthetic_shards
