@@ -60,59 +60,99 @@ class TextPooling(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """BigGAN-style residual block with scale-shift conditioning on the embedding (Imagen App. B.1, Fig. A.27)."""
+    """Residual block (Imagen App. B.1, Fig. A.27); with emb_dim, BigGAN-style scale-shift conditioning on it."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, skip_scale: float = 1.0):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None, dropout: float = 0.0):
         super().__init__()
         self.norm1 = group_norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch) if emb_dim is not None else None
         self.norm2 = group_norm(out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-        self.skip_scale = skip_scale
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
-        h = self.norm2(h) * (1 + scale) + shift
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
+        if self.emb is not None:
+            scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+            h = h * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
-        return (h + self.skip(x)) * self.skip_scale
+        return h + self.skip(x)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, impl: str = "sdpa") -> Tensor:
+    """softmax(q k^T / sqrt(d)) v on (B, heads, N, d) tensors: fused SDPA, or the plain math for comparison."""
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if impl != "math":
+        raise ValueError(f"attention impl must be 'sdpa' or 'math', got {impl!r}")
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, N, M)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
 
 
 class TextAttention(nn.Module):
-    """Self-attention whose keys/values also hold the text tokens (Imagen App. D.3.1); LayerNorm on the text."""
+    """Self-attention whose keys/values also hold the text tokens (Imagen App. D.3.1); LayerNorm on the text.
 
-    def __init__(self, channels: int, text_dim: int | None, head_dim: int = 64):
+    self_attention=False keeps only the text tokens as keys/values: plain cross-attention (the SR 1024 model).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        text_dim: int | None,
+        head_dim: int = 64,
+        self_attention: bool = True,
+        impl: str = "sdpa",
+    ):
         super().__init__()
         if channels % head_dim:
             raise ValueError(f"attention channels {channels} must be divisible by head_dim {head_dim}")
+        if not self_attention and text_dim is None:
+            raise ValueError("cross-attention without self-attention needs a text_dim")
         self.num_heads = channels // head_dim
+        self.self_attention = self_attention
+        self.impl = impl
         self.norm = group_norm(channels)
-        self.to_qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
+        # One fused projection for q, k, v with self-attention; q alone for pure cross-attention.
+        self.to_qkv = nn.Conv2d(channels, (3 if self_attention else 1) * channels, 1, bias=False)
         if text_dim is not None:
             self.text_norm = nn.LayerNorm(text_dim)
             self.text_to_kv = nn.Linear(text_dim, 2 * channels, bias=False)
+            # Always-attended learned null key/value: a dropped (fully masked) caption stays well defined.
+            self.null_kv = nn.Parameter(torch.zeros(2, channels))
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
         b, c, hgt, wid = x.shape
-        q, k, v = rearrange(self.to_qkv(self.norm(x)), "b c x y -> b (x y) c").chunk(3, dim=-1)  # (B, HW, C)
-        mask = None
+        h = self.norm(x)
+        qkv = rearrange(self.to_qkv(h), "b c x y -> b (x y) c")  # (B, HW, 3C) or (B, HW, C)
+        ks, vs, masks = [], [], []
+        if self.self_attention:
+            q, k, v = qkv.chunk(3, dim=-1)  # (B, HW, C) each
+            ks, vs = [k], [v]
+            masks.append(torch.ones(b, hgt * wid, dtype=torch.bool, device=x.device))
+        else:
+            q = qkv
         if text_embeds is not None and hasattr(self, "text_to_kv"):
-            tk, tv = self.text_to_kv(self.text_norm(text_embeds)).chunk(2, dim=-1)  # (B, L, C)
-            k, v = torch.cat([k, tk.to(k.dtype)], dim=1), torch.cat([v, tv.to(v.dtype)], dim=1)  # (B, HW + L, C)
-            # Image tokens are always attended, so a fully masked (dropped) caption is still well defined.
-            mask = F.pad(text_mask, (hgt * wid, 0), value=True)[:, None, None, :]  # (B, 1, 1, HW + L)
+            tk, tv = self.text_to_kv(self.text_norm(text_embeds)).to(q.dtype).chunk(2, dim=-1)  # (B, L, C)
+            nk, nv = (n.to(q.dtype).expand(b, 1, c) for n in self.null_kv)  # (B, 1, C)
+            ks += [nk, tk]
+            vs += [nv, tv]
+            masks += [torch.ones(b, 1, dtype=torch.bool, device=x.device), text_mask]
+        if not ks:
+            raise ValueError("cross-attention-only block called without text embeddings")
+        k, v = torch.cat(ks, dim=1), torch.cat(vs, dim=1)  # (B, M, C), M = [HW] + [1 + L]
+        mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, M)
         q, k, v = (rearrange(y, "b n (h d) -> b h n d", h=self.num_heads) for y in (q, k, v))
-        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, HW, d)
-        h = rearrange(h, "b h (x y) d -> b (h d) x y", x=hgt, y=wid)
-        return x + self.out(h)
+        out = attention(q, k, v, mask, self.impl)  # (B, heads, HW, d)
+        return x + self.out(rearrange(out, "b h (x y) d -> b (h d) x y", x=hgt, y=wid))
 
 
 class Downsample(nn.Module):
@@ -135,3 +175,95 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+TEXT_ATTENTION_MODES = ("concat", "cross", "none")
+
+
+class AttentionStack(nn.Module):
+    """The attention after a block, by text-attention mode (Imagen App. D.3.1 ablation):
+    concat: text tokens join the self-attention keys/values; cross: self-attention then separate
+    cross-attention; none: self-attention only (text enters through the pooled embedding)."""
+
+    def __init__(
+        self,
+        channels: int,
+        text_dim: int | None,
+        mode: str = "concat",
+        self_attention: bool = True,
+        head_dim: int = 64,
+        impl: str = "sdpa",
+    ):
+        super().__init__()
+        if mode not in TEXT_ATTENTION_MODES:
+            raise ValueError(f"text_attention must be one of {TEXT_ATTENTION_MODES}, got {mode!r}")
+        def layer(text: int | None, with_self: bool) -> TextAttention:
+            return TextAttention(channels, text, head_dim, self_attention=with_self, impl=impl)
+
+        layers: list[nn.Module] = []
+        if mode == "concat" and (self_attention or text_dim is not None):
+            layers.append(layer(text_dim, self_attention))
+        elif mode == "cross":
+            layers += [layer(None, True)] if self_attention else []
+            layers += [layer(text_dim, False)] if text_dim is not None else []
+        elif mode == "none" and self_attention:
+            layers.append(layer(None, True))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor, text_embeds: Tensor | None, text_mask: Tensor | None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, text_embeds, text_mask)
+        return x
+
+
+class TextProjection(nn.Module):
+    """One shared LayerNorm + linear map of the text tokens to the U-Net's conditioning width, used by the
+    pooling and every attention layer (so T5-XXL's 4096-d tokens are not projected per layer)."""
+
+    def __init__(self, text_dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(text_dim)
+        self.proj = nn.Linear(text_dim, out_dim)
+
+    def forward(self, text_embeds: Tensor) -> Tensor:
+        return self.proj(self.norm(text_embeds))
+
+
+class ConditionEmbedding(nn.Module):
+    """Time embedding + pooled text (Imagen Sec. 2.1) + noise-augmentation level for SR stages (Sec. 2.4)."""
+
+    def __init__(self, base_dim: int, emb_dim: int, text_dim: int | None, pooling: str, aug_level: bool):
+        super().__init__()
+        self.base_dim = base_dim
+        self.time_mlp = nn.Sequential(nn.Linear(base_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.aug_mlp = (
+            nn.Sequential(nn.Linear(base_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) if aug_level else None
+        )
+        self.text_pool = TextPooling(text_dim, emb_dim, pooling) if text_dim is not None else None
+
+    def forward(
+        self, t: Tensor, text_embeds: Tensor | None, text_mask: Tensor | None, aug_level: Tensor | None, dtype
+    ) -> Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.base_dim).to(dtype))
+        if self.aug_mlp is not None:
+            if aug_level is None:
+                raise ValueError("this U-Net is a super-resolution model: pass aug_level [B] with lowres")
+            emb = emb + self.aug_mlp(timestep_embedding(aug_level, self.base_dim).to(dtype))
+        if text_embeds is not None and self.text_pool is not None:
+            emb = emb + self.text_pool(text_embeds, text_mask)
+        return emb
+
+
+def lowres_input(x: Tensor, lowres: Tensor | None, expected: bool) -> Tensor:
+    """Concatenate the low-res conditioning image, upsampled to x's size, on channels (Imagen Sec. 2.4)."""
+    if not expected:
+        if lowres is not None:
+            raise ValueError("lowres given to a U-Net built without lowres_cond")
+        return x
+    if lowres is None:
+        raise ValueError("this U-Net is a super-resolution model: pass lowres [B, C, h, w]")
+    if lowres.shape[0] != x.shape[0] or lowres.shape[1] != x.shape[1]:
+        raise ValueError(f"lowres must be [B={x.shape[0]}, C={x.shape[1]}, h, w], got {tuple(lowres.shape)}")
+    if lowres.shape[-2:] != x.shape[-2:]:
+        lowres = F.interpolate(lowres, size=x.shape[-2:], mode="bicubic", align_corners=False)
+    return torch.cat([x, lowres.to(x.dtype)], dim=1)

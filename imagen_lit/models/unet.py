@@ -1,4 +1,4 @@
-"""Text-conditioned U-Net for the base stage (Imagen Sec. 2.1, App. B; Improved DDPM-style layout)."""
+"""The standard text-conditioned U-Net (Imagen App. B, D.3.1; Improved-DDPM layout with BigGAN residual blocks)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,33 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from imagen_lit.models.layers import (
+    AttentionStack,
+    ConditionEmbedding,
     Downsample,
     ResBlock,
-    TextAttention,
-    TextPooling,
+    TextProjection,
     Upsample,
     group_norm,
-    timestep_embedding,
+    lowres_input,
 )
 
 
+def run_block(block: nn.Module, use_checkpoint: bool, *args: Tensor | None) -> Tensor:
+    """Call a block, recomputing its activations in backward when use_checkpoint (activation checkpointing)."""
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
 class UNet(nn.Module):
-    """U-Net eps/v/x0 predictor conditioned on time, pooled text and the text sequence (Imagen App. B)."""
+    """U-Net eps/v/x0 predictor conditioned on time, pooled text and the text sequence (Imagen App. B).
+
+    lowres_cond=True makes it a super-resolution model: the upsampled low-res image is concatenated on channels
+    and the noise-augmentation level is embedded and added to the time embedding (Imagen Sec. 2.4).
+    """
 
     def __init__(
         self,
@@ -33,7 +46,12 @@ class UNet(nn.Module):
         attn_resolutions: Sequence[int] = (16, 8),
         head_dim: int = 32,
         text_pooling: str = "attention",
+        text_attention: str = "concat",
+        lowres_cond: bool = False,
+        text_proj_dim: int | None = None,
         dropout: float = 0.0,
+        attention_impl: str = "sdpa",
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         levels = len(channel_mults)
@@ -44,42 +62,37 @@ class UNet(nn.Module):
             raise ValueError(f"image_size {image_size} is not divisible by 2^{levels - 1} for {levels} levels")
         self.image_size = image_size
         self.in_channels = in_channels
-        self.base_channels = base_channels
+        self.lowres_cond = lowres_cond
+        self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * base_channels
-        self.time_mlp = nn.Sequential(
-            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
-        self.text_pool = TextPooling(text_dim, emb_dim, text_pooling) if text_dim is not None else None
+        self.text_proj = TextProjection(text_dim, text_proj_dim) if text_dim and text_proj_dim else None
+        text_dim = text_proj_dim if self.text_proj is not None else text_dim
+        self.cond = ConditionEmbedding(base_channels, emb_dim, text_dim, text_pooling, aug_level=lowres_cond)
 
-        def attn(ch: int, res: int) -> nn.Module | None:
-            return TextAttention(ch, text_dim, head_dim) if res in attn_resolutions else None
+        def block(in_ch: int, out_ch: int, res: int, attend: bool | None = None) -> _Block:
+            attend = res in attn_resolutions if attend is None else attend
+            attn = AttentionStack(out_ch, text_dim, text_attention, True, head_dim, attention_impl) if attend else None
+            return _Block(ResBlock(in_ch, out_ch, emb_dim, dropout), attn)
 
-        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d(in_channels * (2 if lowres_cond else 1), base_channels, 3, padding=1)
         self.down = nn.ModuleList()
         skip_chs = [base_channels]
         ch, res = base_channels, image_size
         for i, mult in enumerate(channel_mults):
-            out_ch = base_channels * mult
             for _ in range(blocks[i]):
-                self.down.append(_Block(ResBlock(ch, out_ch, emb_dim, dropout), attn(out_ch, res)))
-                ch = out_ch
+                self.down.append(block(ch, base_channels * mult, res))
+                ch = base_channels * mult
                 skip_chs.append(ch)
             if i < levels - 1:
                 self.down.append(Downsample(ch, ch))
                 skip_chs.append(ch)
                 res //= 2
-        self.mid = nn.ModuleList(
-            [
-                _Block(ResBlock(ch, ch, emb_dim, dropout), TextAttention(ch, text_dim, head_dim)),
-                _Block(ResBlock(ch, ch, emb_dim, dropout), None),
-            ]
-        )
+        self.mid = nn.ModuleList([block(ch, ch, res, attend=True), block(ch, ch, res, attend=False)])
         self.up = nn.ModuleList()
         for i, mult in reversed(list(enumerate(channel_mults))):
-            out_ch = base_channels * mult
             for _ in range(blocks[i] + 1):
-                self.up.append(_Block(ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, dropout), attn(out_ch, res)))
-                ch = out_ch
+                self.up.append(block(ch + skip_chs.pop(), base_channels * mult, res))
+                ch = base_channels * mult
             if i > 0:
                 self.up.append(Upsample(ch, ch))
                 res *= 2
@@ -88,32 +101,38 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     def forward(
-        self, x: Tensor, t: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        t: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        lowres: Tensor | None = None,
+        aug_level: Tensor | None = None,
     ) -> Tensor:
         """Predict the diffusion target for x_t at times t [B] given text embeds [B, L, D] and mask [B, L]."""
-        emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype))
-        if text_embeds is not None:
-            if text_mask is None:
-                text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
-            if self.text_pool is not None:
-                emb = emb + self.text_pool(text_embeds, text_mask)
-        h = self.input_conv(x)
+        if text_embeds is not None and text_mask is None:
+            text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+        if text_embeds is not None and self.text_proj is not None:
+            text_embeds = self.text_proj(text_embeds)
+        emb = self.cond(t, text_embeds, text_mask, aug_level, x.dtype)
+        h = self.input_conv(lowres_input(x, lowres, self.lowres_cond))
+        ckpt = self.gradient_checkpointing and self.training
         skips = [h]
-        for block in self.down:
-            h = block(h) if isinstance(block, Downsample) else block(h, emb, text_embeds, text_mask)
+        for blk in self.down:
+            h = blk(h) if isinstance(blk, Downsample) else run_block(blk, ckpt, h, emb, text_embeds, text_mask)
             skips.append(h)
-        for block in self.mid:
-            h = block(h, emb, text_embeds, text_mask)
-        for block in self.up:
-            if isinstance(block, Upsample):
-                h = block(h)
+        for blk in self.mid:
+            h = run_block(blk, ckpt, h, emb, text_embeds, text_mask)
+        for blk in self.up:
+            if isinstance(blk, Upsample):
+                h = blk(h)
             else:
-                h = block(torch.cat([h, skips.pop()], dim=1), emb, text_embeds, text_mask)
+                h = run_block(blk, ckpt, torch.cat([h, skips.pop()], dim=1), emb, text_embeds, text_mask)
         return self.out(h)
 
 
 class _Block(nn.Module):
-    """A residual block optionally followed by text attention; downsampling passes through unchanged."""
+    """A residual block optionally followed by attention."""
 
     def __init__(self, res: ResBlock, attn: nn.Module | None):
         super().__init__()

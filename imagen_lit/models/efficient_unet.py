@@ -1,0 +1,185 @@
+"""Efficient U-Net (Imagen App. B.1, Figs. A.28-A.30): parameters at low resolution, skips scaled by 1/sqrt(2),
+downsampling before and upsampling after the convolutions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from imagen_lit.models.layers import (
+    AttentionStack,
+    ConditionEmbedding,
+    ResBlock,
+    TextProjection,
+    group_norm,
+    lowres_input,
+)
+from imagen_lit.models.unet import run_block
+
+SKIP_SCALE = 1 / math.sqrt(2)
+
+
+def _per_block(value: bool | Sequence[bool], n: int, name: str) -> list[bool]:
+    values = [value] * n if isinstance(value, bool) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries for {n} blocks")
+    return values
+
+
+class CombineEmbs(nn.Module):
+    """Add the conditioning embedding (time + pooled text [+ aug level]) to every channel (Fig. A.28)."""
+
+    def __init__(self, emb_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, channels))
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        return x + self.proj(emb)[:, :, None, None]  # (B, C, 1, 1) broadcast over H, W
+
+
+def _run_res_attn(
+    res_blocks: nn.ModuleList, attns: nn.ModuleList, x: Tensor, text_embeds: Tensor | None, text_mask: Tensor | None
+) -> Tensor:
+    """Residual blocks, with attention after each one (len(attns) == len(res)) or after the last (len 1)."""
+    for i, res in enumerate(res_blocks):
+        x = res(x)
+        if len(attns) == len(res_blocks) or (len(attns) == 1 and i == len(res_blocks) - 1):
+            x = attns[i if len(attns) > 1 else 0](x, text_embeds, text_mask)
+    return x
+
+
+class DBlock(nn.Module):
+    """Strided conv -> combine embeddings -> residual blocks -> optional attention with text (Fig. A.28)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, num_res: int, stride: int, attns: list[nn.Module]):
+        super().__init__()
+        self.down = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1)
+        self.combine = CombineEmbs(emb_dim, out_ch)
+        self.res = nn.ModuleList([ResBlock(out_ch, out_ch, None) for _ in range(num_res)])
+        self.attns = nn.ModuleList(attns)
+
+    def forward(self, x: Tensor, emb: Tensor, text_embeds: Tensor | None, text_mask: Tensor | None) -> Tensor:
+        return _run_res_attn(self.res, self.attns, self.combine(self.down(x), emb), text_embeds, text_mask)
+
+
+class UBlock(nn.Module):
+    """Combine embeddings -> residual blocks -> optional attention -> upsampling conv (Fig. A.29)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, num_res: int, stride: int, attns: list[nn.Module]):
+        super().__init__()
+        self.combine = CombineEmbs(emb_dim, 2 * in_ch)
+        self.res = nn.ModuleList([ResBlock(2 * in_ch if i == 0 else in_ch, in_ch, None) for i in range(num_res)])
+        self.attns = nn.ModuleList(attns)
+        self.up = nn.Sequential(
+            nn.Upsample(scale_factor=stride, mode="nearest"), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        )
+
+    def forward(self, x: Tensor, emb: Tensor, text_embeds: Tensor | None, text_mask: Tensor | None) -> Tensor:
+        return self.up(_run_res_attn(self.res, self.attns, self.combine(x, emb), text_embeds, text_mask))
+
+
+class EfficientUNet(nn.Module):
+    """Efficient U-Net (Imagen App. B.1): one DBlock/UBlock pair per resolution, more residual blocks at low ones.
+
+    The U-Net skip from each DBlock to its UBlock is concatenated, scaled by 1/sqrt(2). With lowres_cond it is
+    a super-resolution model (upsampled low-res image on channels, aug_level embedded; Imagen Sec. 2.4).
+    Without self-attention it is fully convolutional plus text cross-attention, so a model trained on crops
+    runs on whole images.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        text_dim: int | None,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        base_channels: int = 128,
+        block_channels: Sequence[int] = (128, 256, 512, 1024),
+        num_res_blocks: Sequence[int] = (2, 4, 8, 8),
+        block_strides: Sequence[int] | None = None,
+        self_attention: bool | Sequence[bool] = (False, False, False, True),
+        text_cross_attention: bool | Sequence[bool] = (False, False, False, True),
+        text_attention: str = "concat",
+        attention_per_res_block: bool = False,
+        num_heads: int = 8,
+        text_pooling: str = "attention",
+        lowres_cond: bool = False,
+        text_proj_dim: int | None = None,
+        attention_impl: str = "sdpa",
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        n = len(block_channels)
+        strides = list(block_strides) if block_strides is not None else [2] * n
+        if len(num_res_blocks) != n or len(strides) != n:
+            raise ValueError(f"block_channels, num_res_blocks and block_strides need {n} entries each")
+        if image_size % math.prod(strides):
+            raise ValueError(f"image_size {image_size} is not divisible by the total stride {math.prod(strides)}")
+        attend_self = _per_block(self_attention, n, "self_attention")
+        attend_text = _per_block(text_cross_attention, n, "text_cross_attention")
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.lowres_cond = lowres_cond
+        self.gradient_checkpointing = gradient_checkpointing
+        emb_dim = 4 * base_channels
+        self.text_proj = TextProjection(text_dim, text_proj_dim) if text_dim and text_proj_dim else None
+        text_dim = text_proj_dim if self.text_proj is not None else text_dim
+        self.cond = ConditionEmbedding(base_channels, emb_dim, text_dim, text_pooling, aug_level=lowres_cond)
+
+        def attns(i: int) -> list[nn.Module]:
+            """No attention, one after the block's last residual block, or one after each of them."""
+            if not (attend_self[i] or attend_text[i]):
+                return []
+            ch = block_channels[i]
+            if ch % num_heads:
+                raise ValueError(f"block channels {ch} must be divisible by num_heads {num_heads}")
+            text = text_dim if attend_text[i] else None
+            mode = text_attention if text is not None else "none"
+            count = num_res_blocks[i] if attention_per_res_block else 1
+            return [
+                AttentionStack(ch, text, mode, attend_self[i], ch // num_heads, attention_impl) for _ in range(count)
+            ]
+
+        self.input_conv = nn.Conv2d(in_channels * (2 if lowres_cond else 1), base_channels, 3, padding=1)
+        ins = [base_channels, *block_channels[:-1]]
+        self.down = nn.ModuleList(
+            DBlock(ins[i], block_channels[i], emb_dim, num_res_blocks[i], strides[i], attns(i)) for i in range(n)
+        )
+        self.up = nn.ModuleList(
+            UBlock(block_channels[i], ins[i], emb_dim, num_res_blocks[i], strides[i], attns(i))
+            for i in reversed(range(n))
+        )
+        self.out = nn.Sequential(
+            group_norm(base_channels), nn.SiLU(), nn.Conv2d(base_channels, out_channels, 3, padding=1)
+        )
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        lowres: Tensor | None = None,
+        aug_level: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the diffusion target for x_t at times t [B] given text embeds [B, L, D] and mask [B, L]."""
+        if text_embeds is not None and text_mask is None:
+            text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+        if text_embeds is not None and self.text_proj is not None:
+            text_embeds = self.text_proj(text_embeds)
+        emb = self.cond(t, text_embeds, text_mask, aug_level, x.dtype)
+        h = self.input_conv(lowres_input(x, lowres, self.lowres_cond))
+        ckpt = self.gradient_checkpointing and self.training
+        skips = []
+        for block in self.down:
+            h = run_block(block, ckpt, h, emb, text_embeds, text_mask)
+            skips.append(h)
+        for block in self.up:
+            h = torch.cat([h, skips.pop() * SKIP_SCALE], dim=1)  # (B, 2C, H, W)
+            h = run_block(block, ckpt, h, emb, text_embeds, text_mask)
+        return self.out(h)
