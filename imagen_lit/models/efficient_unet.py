@@ -11,11 +11,9 @@ from torch import Tensor, nn
 
 from imagen_lit.models.layers import (
     AttentionStack,
-    ConditionEmbedding,
     ResBlock,
-    TextProjection,
+    UNetInputs,
     group_norm,
-    lowres_input,
 )
 from imagen_lit.models.unet import run_block
 
@@ -125,9 +123,10 @@ class EfficientUNet(nn.Module):
         self.lowres_cond = lowres_cond
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * base_channels
-        self.text_proj = TextProjection(text_dim, text_proj_dim) if text_dim and text_proj_dim else None
-        text_dim = text_proj_dim if self.text_proj is not None else text_dim
-        self.cond = ConditionEmbedding(base_channels, emb_dim, text_dim, text_pooling, aug_level=lowres_cond)
+        self.inputs = UNetInputs(
+            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond
+        )
+        text_dim = self.inputs.text_dim
 
         def attns(i: int) -> list[nn.Module]:
             """No attention, one after the block's last residual block, or one after each of them."""
@@ -143,7 +142,6 @@ class EfficientUNet(nn.Module):
                 AttentionStack(ch, text, mode, attend_self[i], ch // num_heads, attention_impl) for _ in range(count)
             ]
 
-        self.input_conv = nn.Conv2d(in_channels * (2 if lowres_cond else 1), base_channels, 3, padding=1)
         ins = [base_channels, *block_channels[:-1]]
         self.down = nn.ModuleList(
             DBlock(ins[i], block_channels[i], emb_dim, num_res_blocks[i], strides[i], attns(i)) for i in range(n)
@@ -168,12 +166,7 @@ class EfficientUNet(nn.Module):
         aug_level: Tensor | None = None,
     ) -> Tensor:
         """Predict the diffusion target for x_t at times t [B] given text embeds [B, L, D] and mask [B, L]."""
-        if text_embeds is not None and text_mask is None:
-            text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
-        if text_embeds is not None and self.text_proj is not None:
-            text_embeds = self.text_proj(text_embeds)
-        emb = self.cond(t, text_embeds, text_mask, aug_level, x.dtype)
-        h = self.input_conv(lowres_input(x, lowres, self.lowres_cond))
+        h, emb, text_embeds, text_mask = self.inputs(x, t, text_embeds, text_mask, lowres, aug_level)
         ckpt = self.gradient_checkpointing and self.training
         skips = []
         for block in self.down:

@@ -254,6 +254,45 @@ class ConditionEmbedding(nn.Module):
         return emb
 
 
+class UNetInputs(nn.Module):
+    """What every U-Net does first: project the text once, embed time + pooled text (+ aug level), concatenate
+    the upsampled low-res image for SR models, and apply the input convolution."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        base_channels: int,
+        emb_dim: int,
+        text_dim: int | None,
+        text_proj_dim: int | None,
+        text_pooling: str,
+        lowres_cond: bool,
+    ):
+        super().__init__()
+        self.lowres_cond = lowres_cond
+        self.text_proj = TextProjection(text_dim, text_proj_dim) if text_dim and text_proj_dim else None
+        self.text_dim = text_proj_dim if self.text_proj is not None else text_dim  # what attention layers see
+        self.cond = ConditionEmbedding(base_channels, emb_dim, self.text_dim, text_pooling, aug_level=lowres_cond)
+        self.conv = nn.Conv2d(in_channels * (2 if lowres_cond else 1), base_channels, 3, padding=1)
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        text_embeds: Tensor | None,
+        text_mask: Tensor | None,
+        lowres: Tensor | None,
+        aug_level: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """-> (features [B, C, H, W], embedding [B, E], projected text [B, L, D'], text mask [B, L])."""
+        if text_embeds is not None and text_mask is None:
+            text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+        if text_embeds is not None and self.text_proj is not None:
+            text_embeds = self.text_proj(text_embeds)
+        emb = self.cond(t, text_embeds, text_mask, aug_level, x.dtype)
+        return self.conv(lowres_input(x, lowres, self.lowres_cond)), emb, text_embeds, text_mask
+
+
 def lowres_input(x: Tensor, lowres: Tensor | None, expected: bool) -> Tensor:
     """Concatenate the low-res conditioning image, upsampled to x's size, on channels (Imagen Sec. 2.4)."""
     if not expected:

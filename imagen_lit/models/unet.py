@@ -10,13 +10,11 @@ from torch.utils.checkpoint import checkpoint
 
 from imagen_lit.models.layers import (
     AttentionStack,
-    ConditionEmbedding,
     Downsample,
     ResBlock,
-    TextProjection,
+    UNetInputs,
     Upsample,
     group_norm,
-    lowres_input,
 )
 
 
@@ -65,16 +63,16 @@ class UNet(nn.Module):
         self.lowres_cond = lowres_cond
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * base_channels
-        self.text_proj = TextProjection(text_dim, text_proj_dim) if text_dim and text_proj_dim else None
-        text_dim = text_proj_dim if self.text_proj is not None else text_dim
-        self.cond = ConditionEmbedding(base_channels, emb_dim, text_dim, text_pooling, aug_level=lowres_cond)
+        self.inputs = UNetInputs(
+            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond
+        )
+        text_dim = self.inputs.text_dim
 
         def block(in_ch: int, out_ch: int, res: int, attend: bool | None = None) -> _Block:
             attend = res in attn_resolutions if attend is None else attend
             attn = AttentionStack(out_ch, text_dim, text_attention, True, head_dim, attention_impl) if attend else None
             return _Block(ResBlock(in_ch, out_ch, emb_dim, dropout), attn)
 
-        self.input_conv = nn.Conv2d(in_channels * (2 if lowres_cond else 1), base_channels, 3, padding=1)
         self.down = nn.ModuleList()
         skip_chs = [base_channels]
         ch, res = base_channels, image_size
@@ -110,12 +108,7 @@ class UNet(nn.Module):
         aug_level: Tensor | None = None,
     ) -> Tensor:
         """Predict the diffusion target for x_t at times t [B] given text embeds [B, L, D] and mask [B, L]."""
-        if text_embeds is not None and text_mask is None:
-            text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
-        if text_embeds is not None and self.text_proj is not None:
-            text_embeds = self.text_proj(text_embeds)
-        emb = self.cond(t, text_embeds, text_mask, aug_level, x.dtype)
-        h = self.input_conv(lowres_input(x, lowres, self.lowres_cond))
+        h, emb, text_embeds, text_mask = self.inputs(x, t, text_embeds, text_mask, lowres, aug_level)
         ckpt = self.gradient_checkpointing and self.training
         skips = [h]
         for blk in self.down:

@@ -38,8 +38,8 @@ def test_training_step_and_ema_update():
     stage.configure_optimizers().step()
     stage.on_train_batch_end(None, batch, 0)
     assert stage.skipped_samples == 2
-    ema_w = stage.ema.module.input_conv.weight
-    assert not torch.equal(ema_w, stage.unet.input_conv.weight)  # averaged, not copied
+    ema_w = stage.ema.module.inputs.conv.weight
+    assert not torch.equal(ema_w, stage.unet.inputs.conv.weight)  # averaged, not copied
     assert int(stage.ema.num_updates) == 1
 
 
