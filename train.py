@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -21,6 +23,7 @@ from imagen_lit.build import build_stage
 from imagen_lit.stages.callbacks import SaveRunConfig
 
 log = logging.getLogger(__name__)
+FINAL_LOSS = "hp/final_loss"
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -35,10 +38,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
-        logger.log_hyperparams(_flatten(run_config))
+        # Declare the final metric with the hparams so TensorBoard's HPARAMS tab compares runs side by side.
+        logger.log_hyperparams(_flatten(run_config), metrics={FINAL_LOSS: float("nan")})
+        if hasattr(logger.experiment, "add_text"):
+            logger.experiment.add_text("config", "```\n" + OmegaConf.to_yaml(run_config) + "```")
     log.info("training %s for %s steps", type(stage.unet).__name__, cfg.trainer.get("max_steps"))
     trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics[FINAL_LOSS] = metrics.get("train/loss", float("nan"))
+    for logger in trainer.loggers:
+        logger.log_metrics({FINAL_LOSS: metrics[FINAL_LOSS]}, step=trainer.global_step)
+        logger.save()
+    if trainer.is_global_zero:
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -34,6 +34,7 @@ TINY = [
     "stage.sampling.steps=2",
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "callbacks.sample_grid.every_n_steps=2",
+    "+callbacks.throughput.window_size=2",
     "callbacks.sample_grid.prompts=[a red circle,two blue squares]",
 ]
 

@@ -14,6 +14,7 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from experiments.colour_fidelity import from_grid
 from imagen_lit.data import write_synthetic_shards
@@ -22,10 +23,16 @@ from tests.conftest import ROOT, compose_config
 from train import train
 
 
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    """All scalars of the run's TensorBoard event files, read with tensorboard's own reader."""
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
+def events(run_dir: Path) -> EventAccumulator:
+    """The run's TensorBoard event files, read with tensorboard's own reader."""
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0, "images": 0})
     acc.Reload()
+    return acc
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """All scalars of the run."""
+    acc = events(run_dir)
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
@@ -48,7 +55,25 @@ def test_train_then_sample(trained, tmp_path):
     assert prompts == ["a red circle"] and tiles.shape == (1, 16, 16, 3) and sampling["steps"] == 2
     logged = scalars(trained)
     assert len(logged["train/loss"]) == 4 and all(v == v for v in logged["train/loss"])
-    assert "lr-AdamW" in logged
+    assert "lr-AdamW" in logged and len(logged["train/grad_norm"]) == 4
+    assert any(tag.startswith("train/loss_t0.") for tag in logged)  # per noise-level bucket
+    assert "train/device/samples_per_sec" in logged
+    assert logged["hp/final_loss"][-1] == pytest.approx(logged["train/loss"][-1])
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["hp/final_loss"] == pytest.approx(logged["train/loss"][-1])
+
+    acc = events(trained)
+    assert acc.Tags()["images"] == ["samples"]
+    config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "text_encoder:" in config_text and "num_layers: 1" in config_text
+    hparams = {}
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            hparams = dict(data.session_start_info.hparams)
+        if data.HasField("experiment"):
+            assert [m.name.tag for m in data.experiment.metric_infos] == ["hp/final_loss"]
+    assert hparams["unet/base_channels"].number_value == 16
 
     cfg = sample_cfg(tmp_path, ckpt, "num_images=3", "prompts=[a red circle,a blue star]", "sampler=ddim",
                      "steps=2", "guidance_weight=2.0", "thresholding=static", "seed=5")

@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from imagen_lit.diffusion import GaussianDiffusion
 from imagen_lit.models.ema import EMA
 
+NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
+
 DEFAULT_SAMPLING = {
     "sampler": "dpmpp_2m",
     "steps": 30,
@@ -73,12 +75,27 @@ class BaseStage(L.LightningModule):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         text_embeds, text_mask = self.drop_text(batch["text_embeds"], batch["text_mask"])
-        loss, _ = self.diffusion.training_loss(self.unet, images, text_embeds=text_embeds, text_mask=text_mask)
-        loss = loss.mean()
+        losses, t = self.diffusion.training_loss(self.unet, images, text_embeds=text_embeds, text_mask=text_mask)
+        loss = losses.mean()
         self.skipped_samples += int(batch.get("n_skipped", 0))
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        self.log_loss_by_noise_level(losses.detach(), t)
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=images.shape[0])
         return loss
+
+    def log_loss_by_noise_level(self, losses: Tensor, t: Tensor) -> None:
+        """Mean loss per bucket of t: where in the noise range the model is still learning."""
+        bucket = (t * NOISE_BUCKETS).long().clamp(max=NOISE_BUCKETS - 1)  # (B,)
+        for i in range(NOISE_BUCKETS):
+            chosen = bucket == i
+            if chosen.any():
+                name = f"train/loss_t{i / NOISE_BUCKETS:.2f}-{(i + 1) / NOISE_BUCKETS:.2f}"
+                self.log(name, losses[chosen].mean(), batch_size=int(chosen.sum()))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.unet.parameters() if p.grad is not None]
+        if grads:  # the norm before clipping
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.update(self.unet)
