@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from imagen_lit.build import load_stage
 from imagen_lit.diffusion import check_sampling_options
 from imagen_lit.images import make_grid, save_png
+from imagen_lit.sweep import register_resolvers, run_task
 
 log = logging.getLogger(__name__)
 SAMPLING_KEYS = ("sampler", "steps", "guidance_weight", "thresholding", "percentile", "eta")
@@ -79,14 +79,13 @@ def sample(cfg: DictConfig) -> Path:
     return out_dir
 
 
+register_resolvers()
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     log.debug(OmegaConf.to_yaml(cfg))
-    try:
-        sample(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        sys.exit(2)
+    run_task(sample, cfg)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imagen_lit.build import build_stage
 from imagen_lit.stages.callbacks import SaveRunConfig
+from imagen_lit.sweep import register_resolvers, run_task
 
 log = logging.getLogger(__name__)
 FINAL_LOSS = "hp/final_loss"
@@ -67,13 +67,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+register_resolvers()
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        sys.exit(2)
+    run_task(train, cfg)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Hydra multirun: each job gets its own run dir and TensorBoard run; a failed job is reported, not fatal."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+from imagen_lit.sweep import safe_dirname
+from tests.conftest import ROOT, TINY
+
+
+def test_safe_dirname():
+    assert safe_dirname("a=1,b=2") == "a=1,b=2"
+    long = "x=" + "y" * 300
+    short = safe_dirname(long)
+    assert len(short) == 120 and short != safe_dirname(long + "z") and "/" not in safe_dirname("p=a/b")
+
+
+def test_multirun_summary_survives_a_failed_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "stage.cond_drop_prob=2.0,0.1", *TINY,
+         f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={sweep_dir}",
+         "callbacks.sample_grid.every_n_steps=1000"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep summary (2 jobs, 1 not ok)" in proc.stdout + proc.stderr
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    (failed,) = [r for r in rows if "stage.cond_drop_prob=2.0" in r["overrides"].split()]
+    (ok,) = [r for r in rows if "stage.cond_drop_prob=0.1" in r["overrides"].split()]
+    assert failed["status"] == "failed" and "cond_drop_prob must be in [0, 1]" in failed["error"]
+    assert ok["status"] == "ok" and float(ok["hp/final_loss"]) > 0
+    # Job folders (and so TensorBoard runs) are named by their overrides, shortened to a legal file name.
+    (job,) = [d for d in sweep_dir.iterdir() if d.name.startswith("1_")]
+    assert job.name.startswith("1_+callbacks.throughput.window_size=2,") and len(job.name) <= 2 + 120
+    assert "stage.cond_drop_prob=0.1" in (job / ".hydra" / "overrides.yaml").read_text()
+    assert list((job / "tensorboard").glob("events.out.tfevents.*"))
