@@ -150,6 +150,9 @@ class EfficientUNet(nn.Module):
             UBlock(block_channels[i], ins[i], emb_dim, num_res_blocks[i], strides[i], attns(i))
             for i in reversed(range(n))
         )
+        # Full-resolution skip: the input conv's features join the last UBlock's output, so the strided first
+        # DBlock does not cost the network its full-resolution view of x_t.
+        self.final = ResBlock(2 * base_channels, base_channels, None)
         self.out = nn.Sequential(
             group_norm(base_channels), nn.SiLU(), nn.Conv2d(base_channels, out_channels, 3, padding=1)
         )
@@ -167,6 +170,7 @@ class EfficientUNet(nn.Module):
     ) -> Tensor:
         """Predict the diffusion target for x_t at times t [B] given text embeds [B, L, D] and mask [B, L]."""
         h, emb, text_embeds, text_mask = self.inputs(x, t, text_embeds, text_mask, lowres, aug_level)
+        full_res = h
         ckpt = self.gradient_checkpointing and self.training
         skips = []
         for block in self.down:
@@ -175,4 +179,5 @@ class EfficientUNet(nn.Module):
         for block in self.up:
             h = torch.cat([h, skips.pop() * SKIP_SCALE], dim=1)  # (B, 2C, H, W)
             h = run_block(block, ckpt, h, emb, text_embeds, text_mask)
+        h = self.final(torch.cat([h, full_res * SKIP_SCALE], dim=1))  # (B, 2 * base, H, W) -> (B, base, H, W)
         return self.out(h)

@@ -125,3 +125,15 @@ def test_speed_switches_give_the_same_results(make):
         low = make().eval()(x, t, text, mask).float()
     full = ref.eval()(x, t, text, mask)
     assert ((low - full).norm() / full.norm()) < 0.05  # bf16: same function up to bf16 rounding
+
+
+def test_full_resolution_detail_reaches_the_output():
+    """The input-conv features join the final block (scaled), so a strided first DBlock keeps full resolution."""
+    net = tiny_efficient(block_channels=(16, 32, 32))
+    (x, t, text, mask), _ = inputs()
+    seen = {}
+    net.final.register_forward_pre_hook(lambda m, i: seen.__setitem__("input", i[0]))
+    net.inputs.register_forward_hook(lambda m, i, o: seen.__setitem__("features", o[0]))
+    net(x, t, text, mask)
+    c = seen["features"].shape[1]
+    torch.testing.assert_close(seen["input"][:, c:], seen["features"] * SKIP_SCALE)
