@@ -180,3 +180,15 @@ def test_cli_errors_are_one_line(tmp_path, script, args, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_quickstart_config_builds(tmp_path):
+    """The README's main job composes and builds: Efficient U-Net, v-prediction, guidance 5."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config("train", tmp_path, ["experiment=quickstart"])
+    unet = instantiate(cfg.unet, text_dim=384)
+    diffusion = instantiate(cfg.diffusion)
+    assert type(unet).__name__ == "EfficientUNet" and unet.image_size == 32
+    assert diffusion.prediction == "v" and cfg.stage.sampling.guidance_weight == 5.0
+    assert sum(p.numel() for p in unet.parameters()) < 20e6
