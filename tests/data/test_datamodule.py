@@ -8,9 +8,9 @@ import warnings
 import lightning
 import pytest
 import torch
-from tests.data.data_testing import FakeEncoder, as_cached, image_bytes, write_tar
 
 from imagen_lit.data import TextImageDataModule, synthetic_scene
+from tests.data.data_testing import FakeEncoder, as_cached, image_bytes, write_tar
 
 
 def _ready(dm: TextImageDataModule) -> TextImageDataModule:

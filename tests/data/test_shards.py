@@ -10,11 +10,11 @@ import tarfile
 import pytest
 import torch
 import webdataset as wds
-from tests.data.data_testing import as_cached, image_bytes, write_tar
 from PIL import Image
 
 from imagen_lit.data import build_embedding_cache, synthetic_scene, write_synthetic_shards
 from imagen_lit.text.cache import load_embeddings
+from tests.data.data_testing import as_cached, image_bytes, write_tar
 
 
 def _members(paths: list[str]) -> dict[str, bytes]:
