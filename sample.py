@@ -3,12 +3,14 @@
     python sample.py ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
     python sample.py ckpt_path=... prompts='[a red circle, two blue squares]' num_images=4 \
         sampler=ddim steps=50 guidance_weight=5 thresholding=dynamic seed=1
+    python sample.py ckpt_path=... drawbench=all num_images=4     # DrawBench: drawbench/<category>.png each
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 
 from imagen_lit.build import load_stage
 from imagen_lit.diffusion import check_sampling_options
+from imagen_lit.eval.drawbench import drawbench_prompts
 from imagen_lit.images import make_grid, save_png
 from imagen_lit.sweep import register_resolvers, run_task
 
@@ -26,8 +29,10 @@ log = logging.getLogger(__name__)
 SAMPLING_KEYS = ("sampler", "steps", "guidance_weight", "thresholding", "percentile", "eta")
 
 
-def read_prompts(cfg: DictConfig) -> list[str]:
-    """Prompts from cfg.prompts and/or cfg.prompts_file (one per line); error if none."""
+def read_prompts(cfg: DictConfig) -> list[tuple[str, str | None]]:
+    """(prompt, DrawBench category or None) from cfg.drawbench, or cfg.prompts and/or cfg.prompts_file."""
+    if cfg.get("drawbench"):
+        return drawbench_prompts(None if cfg.drawbench == "all" else str(cfg.drawbench))
     prompts = [str(p) for p in (cfg.get("prompts") or [])]
     if cfg.get("prompts_file"):
         path = Path(cfg.prompts_file)
@@ -35,8 +40,8 @@ def read_prompts(cfg: DictConfig) -> list[str]:
             raise FileNotFoundError(f"prompts_file not found: {path}")
         prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise ValueError("no prompts given: pass prompts='[a red circle, ...]' or prompts_file=path.txt")
-    return prompts
+        raise ValueError("no prompts given: pass prompts='[a red circle, ...]', prompts_file=path.txt or drawbench=all")
+    return [(p, None) for p in prompts]
 
 
 def sample(cfg: DictConfig) -> Path:
@@ -49,7 +54,7 @@ def sample(cfg: DictConfig) -> Path:
     stage, text_encoder, _ = load_stage(cfg.ckpt_path)
     settings = {**stage.sampling, **overrides}
     out_dir = Path(cfg.output_dir)
-    jobs = [(p, i) for p in prompts for i in range(cfg.num_images)]
+    jobs = [(p, i) for p, _ in prompts for i in range(cfg.num_images)]
     images: list[torch.Tensor] = []
     num_batches = -(-len(jobs) // cfg.batch_size)
     bar = tqdm(total=num_batches * settings["steps"], desc="sampling", unit="step", disable=not cfg.progress)
@@ -65,11 +70,16 @@ def sample(cfg: DictConfig) -> Path:
         images.append(batch.float().cpu())
     bar.close()
     images_t = torch.cat(images)
+    categories = [c for _, c in prompts for _ in range(cfg.num_images)]
     records = []
-    for idx, ((prompt, i), image) in enumerate(zip(jobs, images_t, strict=True)):
+    for idx, ((prompt, i), category, image) in enumerate(zip(jobs, categories, images_t, strict=True)):
         path = save_png(image, out_dir / "images" / f"{idx:05d}.png")
-        records.append({"file": str(path.relative_to(out_dir)), "prompt": prompt, "index": i})
+        records.append({"file": str(path.relative_to(out_dir)), "prompt": prompt, "index": i, "category": category})
     save_png(make_grid(images_t, nrow=cfg.num_images), out_dir / "grid.png")
+    for category in dict.fromkeys(c for c in categories if c is not None):  # DrawBench: one grid per category
+        chosen = torch.tensor([c == category for c in categories])
+        name = re.sub(r"[^A-Za-z0-9]+", "_", category).strip("_")
+        save_png(make_grid(images_t[chosen], nrow=cfg.num_images), out_dir / "drawbench" / f"{name}.png")
     meta: dict[str, Any] = {
         "ckpt_path": str(cfg.ckpt_path), "seed": cfg.seed, "use_ema": cfg.use_ema,
         "num_images": cfg.num_images, "sampling": settings, "images": records,

@@ -192,3 +192,14 @@ def test_quickstart_config_builds(tmp_path):
     assert type(unet).__name__ == "EfficientUNet" and unet.image_size == 32
     assert diffusion.prediction == "v" and cfg.stage.sampling.guidance_weight == 5.0
     assert sum(p.numel() for p in unet.parameters()) < 20e6
+
+
+def test_drawbench_grids_per_category(trained, tmp_path):
+    out = sample(sample_cfg(tmp_path, trained / "checkpoints" / "last.ckpt", "drawbench=Rare Words",
+                            "num_images=2", "steps=1"))
+    meta = json.loads((out / "samples.json").read_text())
+    assert len(meta["images"]) == 14 and {r["category"] for r in meta["images"]} == {"Rare Words"}
+    grid = Image.open(out / "drawbench" / "Rare_Words.png")
+    assert grid.size == (2 * 20, 7 * 20)  # 7 prompts x 2 images of 16 px with 2 px padding
+    with pytest.raises(ValueError, match="unknown DrawBench category"):
+        sample(sample_cfg(tmp_path / "bad", trained / "checkpoints" / "last.ckpt", "drawbench=Nope"))
