@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +10,8 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from imagen_lit.fileio import atomic_write
 
 CORRUPT_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError)
 
@@ -27,34 +27,13 @@ def read_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
         raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err})") from err
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save into a temp file beside `path`, fsync, then rename over it: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning CheckpointIO with atomic local writes and clear errors for corrupt checkpoints."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)  # remote stores: Lightning's path
-        atomic_torch_save(checkpoint, path)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(
         self, path: Any, map_location: Callable | None = None, weights_only: bool | None = None

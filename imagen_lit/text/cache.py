@@ -9,16 +9,15 @@ bfloat16, not float16: T5 activations overflow float16's range.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
+
+from imagen_lit.fileio import atomic_write
 
 _FORMAT = "imagen-lit/text-embeddings/v1"
 _RESERVED = ("format", "keys")  # metadata names the cache uses itself
@@ -68,31 +67,7 @@ def save_embeddings(
 
     tensors = {"embeds": trimmed, "lengths": lengths.to(torch.int32)}
     data = safetensors_save(tensors, metadata={**metadata, "format": _FORMAT, "keys": json.dumps(keys)})
-    _atomic_write(path, data)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; the cache is data others read
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # fsync the folder too, so the rename itself survives a crash (POSIX only)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, str], dict[str, Tensor]]:
