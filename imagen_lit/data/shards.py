@@ -137,9 +137,7 @@ def read_captions(url: str) -> tuple[list[str], list[str], list[str]]:
     return kept, [captions[k] for k in kept], [k for k in keys if not captions[k]]
 
 
-def build_embedding_cache(
-    shard_paths: list[str], text_encoder, cache_dir: str | None = None, chunk_size: int = 256
-) -> list[str]:
+def build_embedding_cache(shard_paths: list[str], text_encoder, cache_dir: str | None = None) -> list[str]:
     """Encode each shard's captions once into its cache file (missing or stale ones only); return the paths.
 
     With cache_dir None each shard's cache goes to <shard dir>/embeds/<cache_key>/<shard name>.safetensors.
@@ -154,7 +152,10 @@ def build_embedding_cache(
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             warnings.warn(f"shard {url}: {len(missing)} samples have no caption and are skipped: {shown}",
                           stacklevel=2)
-        embeds, mask = _encode_all(text_encoder, captions, chunk_size)
+        if captions:  # the encoder batches and pads; save_embeddings trims to the longest caption
+            embeds, mask = text_encoder.encode(captions)  # (N, L, D), (N, L)
+        else:
+            embeds, mask = torch.zeros(0, 1, text_encoder.dim), torch.zeros(0, 1, dtype=torch.bool)
         metadata = {"shard": shard_name(url), "encoder": text_encoder.cache_key, "shard_stamp": stamp}
         save_embeddings(path, keys, embeds, mask, metadata=metadata)
     return paths
@@ -173,21 +174,3 @@ def _is_current(path: str, stamp: str) -> bool:
         return read_metadata(path).get("shard_stamp", "") == stamp
     except ValueError:  # truncated or foreign file: rebuild it
         return False
-
-
-@torch.no_grad()
-def _encode_all(text_encoder, captions: list[str], chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode in chunks; each chunk is trimmed to its longest caption, then all are padded to one length."""
-    embeds, masks = [], []
-    for i in range(0, len(captions), chunk_size):
-        e, m = text_encoder.encode(captions[i : i + chunk_size])  # (b, L, D), (b, L)
-        m = m.bool().cpu()
-        used = int(m.any(dim=0).nonzero().max()) + 1 if m.any() else 1
-        embeds.append(e[:, :used].float().cpu())
-        masks.append(m[:, :used])
-    if not embeds:
-        return torch.zeros(0, 1, text_encoder.dim), torch.zeros(0, 1, dtype=torch.bool)
-    length = max(e.shape[1] for e in embeds)
-    embeds = [torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embeds]  # (b, length, D)
-    masks = [torch.nn.functional.pad(m, (0, length - m.shape[1])) for m in masks]  # (b, length), pad False
-    return torch.cat(embeds), torch.cat(masks)
