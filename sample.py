@@ -23,10 +23,10 @@ from imagen_lit.build import load_stage
 from imagen_lit.diffusion import check_sampling_options
 from imagen_lit.eval.drawbench import drawbench_prompts
 from imagen_lit.images import make_grid, save_png
+from imagen_lit.stages.base import DEFAULT_SAMPLING
 from imagen_lit.sweep import register_resolvers, run_task
 
 log = logging.getLogger(__name__)
-SAMPLING_KEYS = ("sampler", "steps", "guidance_weight", "thresholding", "percentile", "eta")
 
 
 def read_prompts(cfg: DictConfig) -> list[tuple[str, str | None]]:
@@ -49,7 +49,7 @@ def sample(cfg: DictConfig) -> Path:
     prompts = read_prompts(cfg)
     if cfg.num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")
-    overrides = {k: cfg[k] for k in SAMPLING_KEYS if cfg.get(k) is not None}
+    overrides = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}
     check_sampling_options(**overrides)  # fail before loading anything
     stage, text_encoder, _ = load_stage(cfg.ckpt_path)
     settings = {**stage.sampling, **overrides}
