@@ -42,7 +42,8 @@ def from_checkpoint(args: argparse.Namespace) -> tuple[list[str], np.ndarray, di
     stage, text_encoder, _ = load_stage(args.source)
     colours = [c for c in COLOURS for _ in range(args.per_colour)]
     prompts = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {SHAPES[i % len(SHAPES)]}" for i, c in enumerate(colours)]
-    overrides = {k: v for k, v in {"guidance_weight": args.guidance_weight, "steps": args.steps}.items() if v}
+    chosen = {"guidance_weight": args.guidance_weight, "steps": args.steps, "thresholding": args.thresholding}
+    overrides = {k: v for k, v in chosen.items() if v is not None}
     images = stage.generate(
         *text_encoder.encode(prompts), generator=torch.Generator().manual_seed(args.seed), **overrides
     )
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance-weight", type=float, default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--thresholding", default=None, choices=["none", "static", "dynamic"])
     parser.add_argument("--save-grid", default=None, help="checkpoint mode: write the samples as a grid PNG")
     args = parser.parse_args()
 
