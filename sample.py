@@ -44,6 +44,13 @@ def read_prompts(cfg: DictConfig) -> list[tuple[str, str | None]]:
     return [(p, None) for p in prompts]
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' is the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def sample(cfg: DictConfig) -> Path:
     """Generate cfg.num_images per prompt; return the output folder."""
     prompts = read_prompts(cfg)
@@ -52,6 +59,8 @@ def sample(cfg: DictConfig) -> Path:
     overrides = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}
     check_sampling_options(**overrides)  # fail before loading anything
     stage, text_encoder, _ = load_stage(cfg.ckpt_path)
+    device = resolve_device(cfg.get("device", "auto"))
+    stage.to(device)
     settings = {**stage.sampling, **overrides}
     out_dir = Path(cfg.output_dir)
     jobs = [(p, i) for p, _ in prompts for i in range(cfg.num_images)]
@@ -62,7 +71,7 @@ def sample(cfg: DictConfig) -> Path:
         chunk = jobs[start : start + cfg.batch_size]
         embeds, mask = text_encoder.encode([p for p, _ in chunk])
         # One generator per batch, seeded from (seed, batch index): results do not depend on earlier batches.
-        generator = torch.Generator().manual_seed(cfg.seed + start)
+        generator = torch.Generator(device=device).manual_seed(cfg.seed + start)
         batch = stage.generate(
             embeds, mask, generator=generator, use_ema=cfg.use_ema,
             callback=lambda _: bar.update(1), **overrides,

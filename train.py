@@ -31,7 +31,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     text_encoder = instantiate(cfg.text_encoder)
     datamodule = instantiate(cfg.data, text_encoder=text_encoder)
-    stage = build_stage(cfg, text_encoder.dim)
+    stage = build_stage(cfg, text_encoder.dim, deferred=True)  # built in configure_model
     run_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(SaveRunConfig(run_config))
@@ -42,7 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(_flatten(run_config), metrics={FINAL_LOSS: float("nan")})
         if hasattr(logger.experiment, "add_text"):
             logger.experiment.add_text("config", "```\n" + OmegaConf.to_yaml(run_config) + "```")
-    log.info("training %s for %s steps", type(stage.unet).__name__, cfg.trainer.get("max_steps"))
+    log.info("training %s for %s steps", cfg.unet._target_, cfg.trainer.get("max_steps"))
     trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics[FINAL_LOSS] = metrics.get("train/loss", float("nan"))

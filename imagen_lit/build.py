@@ -11,18 +11,23 @@ from imagen_lit.checkpoint import read_checkpoint
 from imagen_lit.stages.base import BaseStage
 from imagen_lit.stages.callbacks import CHECKPOINT_CONFIG_KEY
 from imagen_lit.text import FrozenTextEncoder
+from imagen_lit.zero_checkpoint import read_deepspeed_checkpoint
 
 
-def build_stage(cfg: DictConfig, text_dim: int) -> BaseStage:
-    """Instantiate the U-Net (with the encoder's width), the diffusion core and the stage around them."""
-    unet = instantiate(cfg.unet, text_dim=text_dim)
+def build_stage(cfg: DictConfig, text_dim: int, deferred: bool = False) -> BaseStage:
+    """Instantiate the U-Net (with the encoder's width), the diffusion core and the stage around them.
+
+    deferred=True hands the stage a U-Net factory that Lightning calls in `configure_model`, so DeepSpeed ZeRO-3
+    shards the weights as they are created.
+    """
+    unet = instantiate(cfg.unet, text_dim=text_dim, _partial_=deferred)
     diffusion = instantiate(cfg.diffusion)
     return instantiate(cfg.stage, unet=unet, diffusion=diffusion)
 
 
 def load_stage(ckpt_path: str | Path) -> tuple[BaseStage, FrozenTextEncoder, DictConfig]:
     """Rebuild the stage and its text encoder from a train.py checkpoint, weights included."""
-    checkpoint = read_checkpoint(ckpt_path)
+    checkpoint = read_deepspeed_checkpoint(ckpt_path) if Path(ckpt_path).is_dir() else read_checkpoint(ckpt_path)
     if CHECKPOINT_CONFIG_KEY not in checkpoint:
         raise ValueError(f"checkpoint {ckpt_path} has no '{CHECKPOINT_CONFIG_KEY}': was it written by train.py?")
     cfg = OmegaConf.create(checkpoint[CHECKPOINT_CONFIG_KEY])

@@ -14,6 +14,7 @@ from imagen_lit.models.layers import (
     ResBlock,
     UNetInputs,
     group_norm,
+    zero_init_,
 )
 from imagen_lit.models.unet import run_block
 
@@ -154,10 +155,8 @@ class EfficientUNet(nn.Module):
         # DBlock does not cost the network its full-resolution view of x_t.
         self.final = ResBlock(2 * base_channels, base_channels, None)
         self.out = nn.Sequential(
-            group_norm(base_channels), nn.SiLU(), nn.Conv2d(base_channels, out_channels, 3, padding=1)
+            group_norm(base_channels), nn.SiLU(), zero_init_(nn.Conv2d(base_channels, out_channels, 3, padding=1))
         )
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
 
     def forward(
         self,

@@ -10,6 +10,25 @@ from einops import rearrange
 from torch import Tensor, nn
 
 
+def zero_init_(module: nn.Module) -> nn.Module:
+    """Zero a layer's weights (output layers start as identity/no-op), also when DeepSpeed ZeRO-3 already sharded it.
+
+    Under `deepspeed.zero.Init` each module is partitioned as soon as it is built, so a plain `zeros_` on it would
+    write into an empty placeholder and silently leave the random init in the shards.
+    """
+    params = list(module.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            for p in params:
+                nn.init.zeros_(p)
+    else:
+        for p in params:
+            nn.init.zeros_(p)
+    return module
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of continuous time t in [0, 1], scaled to the DDPM range [0, 1000] (Ho et al. 2020)."""
     half = dim // 2
@@ -69,9 +88,7 @@ class ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, 2 * out_ch) if emb_dim is not None else None
         self.norm2 = group_norm(out_ch)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        self.conv2 = zero_init_(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
@@ -125,9 +142,7 @@ class TextAttention(nn.Module):
             self.text_to_kv = nn.Linear(text_dim, 2 * channels, bias=False)
             # Always-attended learned null key/value: a dropped (fully masked) caption stays well defined.
             self.null_kv = nn.Parameter(torch.zeros(2, channels))
-        self.out = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_init_(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
         b, c, hgt, wid = x.shape

@@ -15,6 +15,7 @@ from imagen_lit.models.layers import (
     UNetInputs,
     Upsample,
     group_norm,
+    zero_init_,
 )
 
 
@@ -94,9 +95,7 @@ class UNet(nn.Module):
             if i > 0:
                 self.up.append(Upsample(ch, ch))
                 res *= 2
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init_(nn.Conv2d(ch, out_channels, 3, padding=1)))
 
     def forward(
         self,

@@ -12,7 +12,8 @@ from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor, nn
 
 from imagen_lit.diffusion import GaussianDiffusion
-from imagen_lit.models.ema import EMA
+from imagen_lit.models.ema import EMA, ShardedEMA, is_zero3_partitioned
+from imagen_lit.zero_checkpoint import DEEPSPEED_EMA_KEY
 
 NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
 
@@ -27,11 +28,16 @@ DEFAULT_SAMPLING = {
 
 
 class BaseStage(L.LightningModule):
-    """Trains a U-Net on (image, text) with classifier-free guidance dropout; samples with the EMA weights."""
+    """Trains a U-Net on (image, text) with classifier-free guidance dropout; samples with the EMA weights.
+
+    `unet` is a built module or a factory (Hydra `_partial_: true`). A factory is called in `configure_model`, inside
+    the strategy's init context: under DeepSpeed ZeRO-3 the weights are partitioned as they are created, so no
+    rank ever holds the whole unsharded U-Net.
+    """
 
     def __init__(
         self,
-        unet: nn.Module,
+        unet: nn.Module | Callable[[], nn.Module],
         diffusion: GaussianDiffusion,
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
@@ -43,16 +49,70 @@ class BaseStage(L.LightningModule):
         super().__init__()
         if not 0.0 <= cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
-        self.unet = unet.to(memory_format=torch.channels_last) if channels_last else unet
+        self.unet_factory = None if isinstance(unet, nn.Module) else unet
+        self.unet: nn.Module | None = None
+        self.ema: EMA | None = None  # a submodule: moved, saved and loaded with the stage
         self.diffusion = diffusion
-        self.ema = EMA(self.unet, decay=ema_decay)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.ema_decay = ema_decay
         self.cond_drop_prob = cond_drop_prob
         self.channels_last = channels_last
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
         self.skipped_samples = 0
         self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
+        # Under DeepSpeed the EMA is not a submodule (the engine would cast it to bf16 and, under ZeRO-3, shard it):
+        # it is made in on_fit_start, fp32, and travels in the checkpoint's client state.
+        self._deepspeed_ema: EMA | ShardedEMA | None = None
+        self._pending_deepspeed_ema: dict[str, Any] | None = None
+        if isinstance(unet, nn.Module):
+            self._attach_unet(unet)
+
+    def _under_deepspeed(self) -> bool:
+        return self._trainer is not None and hasattr(self._trainer.strategy, "deepspeed_engine")
+
+    def _attach_unet(self, unet: nn.Module) -> None:
+        self.unet = unet.to(memory_format=torch.channels_last) if self.channels_last else unet
+        self.ema = None if self._under_deepspeed() else EMA(self.unet, decay=self.ema_decay)
+
+    def configure_model(self) -> None:
+        """Build the U-Net from its factory under the strategy's init context (sharded under ZeRO-3)."""
+        if self.unet is None:
+            if self.unet_factory is None:
+                raise RuntimeError("BaseStage has neither a U-Net nor a factory to build one")
+            self._attach_unet(self.unet_factory())
+        elif self._under_deepspeed():
+            self.ema = None
+
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # seed_everything gives every rank the same seed: without an offset all ranks would draw the same t and
+            # noise each step, and the global batch would hold world_size copies of one noise draw.
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+        if not self._under_deepspeed():
+            return
+        if is_zero3_partitioned(self.unet):
+            ema: EMA | ShardedEMA = ShardedEMA(self.unet, decay=self.ema_decay)
+        else:
+            ema = EMA(self.unet, decay=self.ema_decay).float()
+        if self._pending_deepspeed_ema is not None:
+            ema.load_state_dict(self._pending_deepspeed_ema)
+            self._pending_deepspeed_ema = None
+        object.__setattr__(self, "_deepspeed_ema", ema)  # bypass nn.Module registration on purpose
+
+    def _net_fn(self, net: nn.Module) -> Callable[..., Tensor]:
+        """The network with its floating inputs cast to its weight dtype (bf16 under DeepSpeed) and fp32 output."""
+        dtype = next(net.parameters()).dtype
+
+        def fn(x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+            kwargs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
+            return net(x.to(dtype), t.to(dtype), **kwargs).float()
+
+        return fn
+
+    def condition(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Network inputs besides x_t, t and the text, for training; the SR stage adds its low-res image."""
+        return {}
 
     def drop_text(self, text_embeds: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Replace the caption by the null condition with probability cond_drop_prob (Imagen Sec. 2.2)."""
@@ -65,17 +125,25 @@ class BaseStage(L.LightningModule):
 
     def count_flops(self, batch: dict[str, Any]) -> int:
         """Forward + backward FLOPs of one training batch, counted on a meta-device copy of the U-Net."""
-        net = copy.deepcopy(self.unet).to("meta")
-        x, embeds, mask = (torch.empty_like(batch[k], device="meta") for k in ("images", "text_embeds", "text_mask"))
+        if self.unet_factory is not None:  # also right under ZeRO-3, where self.unet holds only shards
+            with torch.device("meta"):
+                net = self.unet_factory()
+        else:
+            net = copy.deepcopy(self.unet).to("meta")
+        # fp32 meta inputs whatever the batch dtype (DeepSpeed hands bf16 batches to a fp32 meta copy)
+        x, embeds = (torch.empty(batch[k].shape, device="meta") for k in ("images", "text_embeds"))
+        mask = torch.empty(batch["text_mask"].shape, device="meta", dtype=torch.bool)
         t = torch.empty(x.shape[0], device="meta")
         return int(measure_flops(net, lambda: net(x, t, embeds, mask), loss_fn=torch.Tensor.sum))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        images = batch["images"]
+        images = batch["images"].float()  # the diffusion maths runs in fp32 whatever the weights' dtype
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        text_embeds, text_mask = self.drop_text(batch["text_embeds"], batch["text_mask"])
-        losses, t = self.diffusion.training_loss(self.unet, images, text_embeds=text_embeds, text_mask=text_mask)
+        text_embeds, text_mask = self.drop_text(batch["text_embeds"].float(), batch["text_mask"])
+        losses, t = self.diffusion.training_loss(
+            self._net_fn(self.unet), images, text_embeds=text_embeds, text_mask=text_mask, **self.condition(batch)
+        )
         loss = losses.mean()
         self.skipped_samples += int(batch.get("n_skipped", 0))
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
@@ -94,24 +162,53 @@ class BaseStage(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.unet.parameters() if p.grad is not None]
-        if grads:  # the norm before clipping
+        if grads:  # the norm before clipping; DeepSpeed keeps its grads in partitions, logged after the step
             self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ema.update(self.unet)
+        (self._deepspeed_ema or self.ema).update(self.unet)
+        engine = getattr(self.trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
+        norm = engine.get_global_grad_norm() if engine is not None else None
+        if norm is not None:
+            self.log("train/grad_norm", float(norm))
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.unet.parameters())
+        if self._offloads_optimizer():
+            optimizer = self._cpu_adam(self.unet.parameters())
+        else:
+            optimizer = self.optimizer_factory(params=self.unet.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _offloads_optimizer(self) -> bool:
+        config = getattr(self._trainer.strategy, "config", None) if self._trainer is not None else None
+        return bool(isinstance(config, dict) and config.get("zero_optimization", {}).get("offload_optimizer"))
+
+    def _cpu_adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        """ZeRO-Offload steps on CPU: the configured Adam/AdamW as DeepSpeedCPUAdam, same hyperparameters."""
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        func = getattr(self.optimizer_factory, "func", None)
+        if func not in (torch.optim.AdamW, torch.optim.Adam):
+            raise ValueError(f"optimizer offload supports Adam/AdamW, got {func}; use deepspeed_zero3 instead")
+        keywords = getattr(self.optimizer_factory, "keywords", {})
+        kwargs = {k: keywords[k] for k in ("lr", "betas", "eps", "weight_decay") if k in keywords}
+        return DeepSpeedCPUAdam(params, adamw_mode=func is torch.optim.AdamW, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_samples"] = self.skipped_samples
+        if self._deepspeed_ema is not None:  # client state: rank 0's under ZeRO-2, every rank's shard under ZeRO-3
+            checkpoint[DEEPSPEED_EMA_KEY] = self._deepspeed_ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_samples = int(checkpoint.get("skipped_samples", 0))
+        if DEEPSPEED_EMA_KEY in checkpoint:
+            if self._deepspeed_ema is not None:
+                self._deepspeed_ema.load_state_dict(checkpoint[DEEPSPEED_EMA_KEY])
+            else:  # DeepSpeed restores before on_fit_start makes the EMA
+                self._pending_deepspeed_ema = checkpoint[DEEPSPEED_EMA_KEY]
 
     @torch.no_grad()
     def generate(
@@ -123,27 +220,37 @@ class BaseStage(L.LightningModule):
         use_ema: bool = True,
         progress: bool = False,
         callback: Callable[[dict[str, Any]], None] | None = None,
+        size: tuple[int, int] | None = None,
+        shared: dict[str, Tensor] | None = None,
         **sampling: Any,
     ) -> Tensor:
-        """Sample images in [-1, 1] for text embeds [B, L, D] and mask [B, L] (Imagen Sec. 2.2-2.3)."""
+        """Sample images in [-1, 1] for text embeds [B, L, D] and mask [B, L] (Imagen Sec. 2.2-2.3).
+
+        For subclasses: `size` (H, W) overrides the U-Net's image_size; `shared` holds network inputs given alike
+        to the conditional and the null branch of guidance (the SR stage's low-res image, Imagen Sec. 2.4).
+        """
         unknown = set(sampling) - set(DEFAULT_SAMPLING)
         if unknown:
             raise ValueError(f"unknown sampling options {sorted(unknown)}; valid: {sorted(DEFAULT_SAMPLING)}")
-        settings = {**self.sampling, **sampling}
-        net = self.ema.module if use_ema else self.unet
-        size = net.image_size
+        settings = {k: v for k, v in {**self.sampling, **sampling}.items() if k in DEFAULT_SAMPLING}
+        averaged = self._deepspeed_ema or self.ema
+        # Under ZeRO-3 the EMA lives in per-rank shards: grids during training use the live weights; sample.py
+        # samples the EMA from the converted checkpoint (imagen_lit.zero_checkpoint).
+        net = averaged.module if use_ema and isinstance(averaged, EMA) else self.unet
+        height, width = size or (net.image_size, net.image_size)
         channels = getattr(net, "in_channels", 3)
         text_embeds = text_embeds.to(self.device)
         text_mask = text_mask.to(self.device)
         noise = torch.randn(
-            (text_embeds.shape[0], channels, size, size), generator=generator, device=text_embeds.device
+            (text_embeds.shape[0], channels, height, width), generator=generator, device=text_embeds.device
         )
         null_cond = {"text_embeds": torch.zeros_like(text_embeds), "text_mask": torch.zeros_like(text_mask)}
         return self.diffusion.sample(
-            net,
+            self._net_fn(net),
             noise,
             cond={"text_embeds": text_embeds, "text_mask": text_mask},
             null_cond=null_cond,
+            shared=shared,
             generator=generator,
             callback=callback,
             disable=not progress,

@@ -9,7 +9,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from imagen_lit.images import make_grid, save_png
 
@@ -58,7 +57,6 @@ class SampleGrid(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.log_samples(trainer, pl_module, name="final")
 
-    @rank_zero_only
     def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str | None = None) -> None:
         """Sample the prompts with a fixed seed; write samples/<step or name>.png and log to TensorBoard."""
         step = trainer.global_step
@@ -66,7 +64,14 @@ class SampleGrid(L.Callback):
             return
         self._last_step = step
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        # Every rank samples: under ZeRO-3 each forward gathers shards from all ranks. Rank 0 writes.
         images = pl_module.generate(*self._cond, generator=generator, **self.sampling)
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, images, step, name)
+
+    def _write(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, images: torch.Tensor, step: int, name: str | None
+    ) -> None:
         nrow = self.num_per_prompt if self.num_per_prompt > 1 else math.ceil(math.sqrt(len(images)))
         grid = make_grid(images.float().cpu(), nrow=nrow, pad=GRID_PAD)
         out_dir = Path(self.out_dir or Path(trainer.default_root_dir) / "samples")
@@ -79,6 +84,20 @@ class SampleGrid(L.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
                 experiment.add_image("samples", (grid + 1) / 2, global_step=step)
+
+
+class GpuMemory(L.Callback):
+    """Log peak GPU memory (allocated and reserved, GiB) since the start of training; a no-op on CPU."""
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if pl_module.device.type != "cuda" or trainer.global_step % self.every_n_steps:
+            return
+        gib = 2.0**30
+        pl_module.log("gpu/peak_allocated_gib", torch.cuda.max_memory_allocated(pl_module.device) / gib)
+        pl_module.log("gpu/peak_reserved_gib", torch.cuda.max_memory_reserved(pl_module.device) / gib)
 
 
 class SaveRunConfig(L.Callback):
