@@ -4,6 +4,8 @@
     python sample.py ckpt_path=... prompts='[a red circle, two blue squares]' num_images=4 \
         sampler=ddim steps=50 guidance_weight=5 thresholding=dynamic seed=1
     python sample.py ckpt_path=... drawbench=all num_images=4     # DrawBench: drawbench/<category>.png each
+    python sample.py -m ckpt_path=... evaluate=true thresholding=none,static,dynamic \
+        guidance_weight=1,1.25,1.5,1.75,2,3,4,5,6,7,8,9,10          # guidance sweep: summary.csv, pareto.png
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from imagen_lit.diffusion import check_sampling_options
 from imagen_lit.eval.drawbench import drawbench_prompts
 from imagen_lit.images import make_grid, save_png
 from imagen_lit.stages.base import DEFAULT_SAMPLING
-from imagen_lit.sweep import register_resolvers, run_task
+from imagen_lit.sweep import METRICS_FILE, register_resolvers, run_task
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,49 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def sample(cfg: DictConfig) -> Path:
-    """Generate cfg.num_images per prompt; return the output folder."""
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Sample held-out synthetic scenes at the configured guidance and score alignment and domain FID."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from imagen_lit.eval.fid import build_fid_evaluator
+    from imagen_lit.eval.guidance import evaluate_images, generate_for_scenes, heldout_scenes
+
+    overrides = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}
+    check_sampling_options(**overrides)
+    scenes = heldout_scenes(cfg.eval.num_images, cfg.eval.scene_seed)
+    stage, text_encoder, _ = load_stage(cfg.ckpt_path)
+    device = resolve_device(cfg.get("device", "auto"))
+    stage.to(device)
+    settings = {**stage.sampling, **overrides}
+    fid_cfg: dict[str, Any] = OmegaConf.to_container(cfg.eval.fid, resolve=True)  # type: ignore[assignment]
+    fid_cfg["reference"]["resolution"] = stage.unet.image_size  # real renders at the samples' size
+    fid_cfg["kid_subset_size"] = min(fid_cfg["kid_subset_size"], len(scenes))
+    fid = build_fid_evaluator(fid_cfg, device=device) if cfg.eval.fid.feature else None
+    bar = tqdm(total=-(-len(scenes) // cfg.batch_size) * settings["steps"], desc="evaluating", unit="step",
+               disable=not cfg.progress)
+    images = generate_for_scenes(stage, text_encoder.encode, scenes, seed=cfg.seed, batch_size=cfg.batch_size,
+                                 use_ema=cfg.use_ema, callback=lambda _: bar.update(1), **overrides)
+    bar.close()
+    metrics: dict[str, Any] = evaluate_images(images, scenes, fid)
+    out_dir = Path(cfg.output_dir)
+    grid = make_grid(images[:64], nrow=8)
+    save_png(grid, out_dir / "grid.png")
+    hparams = {"guidance_weight": float(settings["guidance_weight"]), "thresholding": settings["thresholding"],
+               "sampler": settings["sampler"], "steps": int(settings["steps"])}
+    with SummaryWriter(str(out_dir / "tensorboard")) as writer:  # HPARAMS tab: the sweep's jobs side by side
+        writer.add_hparams(hparams, {k: v for k, v in metrics.items() if isinstance(v, float)}, run_name=".")
+        writer.add_image("samples", (grid + 1) / 2)
+    result = {**metrics, **hparams, "num_images": len(scenes)}
+    (out_dir / METRICS_FILE).write_text(json.dumps(result, indent=2))
+    log.info("alignment %.3f, %s", metrics["alignment/overall"],
+             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("fidelity/")))
+    return result
+
+
+def sample(cfg: DictConfig) -> Path | dict[str, Any]:
+    """Generate cfg.num_images per prompt and return the output folder; with evaluate=true, evaluate instead."""
+    if cfg.get("evaluate"):
+        return evaluate(cfg)
     prompts = read_prompts(cfg)
     if cfg.num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")

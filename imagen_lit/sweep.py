@@ -106,10 +106,15 @@ def _fmt(value: Any) -> str:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun, write <sweep dir>/summary.csv and log the table (failed jobs included)."""
+    """At the end of a multirun, write <sweep dir>/summary.csv and log the table (failed jobs included).
 
-    def __init__(self, metrics: list[str] | None = None):
+    With `pareto={x: metric, y: metric}` and jobs that report guidance_weight and thresholding, it also draws the
+    guidance Pareto curves (Imagen Fig. A.10): <sweep dir>/pareto.png and the same image in <sweep dir>/tensorboard.
+    """
+
+    def __init__(self, metrics: list[str] | None = None, pareto: dict[str, str] | None = None):
         self.metrics = tuple(metrics or ["hp/final_loss"])
+        self.pareto = dict(pareto) if pareto else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -120,3 +125,26 @@ class SweepSummary(Callback):
         failed = sum(r["status"] != "ok" for r in rows)
         table = format_table(rows, self.metrics)
         log.info("sweep summary (%d jobs, %d not ok) -> %s\n%s", len(rows), failed, path, table)
+        if self.pareto and any("guidance_weight" in r for r in rows):
+            plot = write_pareto(sweep_dir, rows, self.pareto["x"], self.pareto["y"])
+            log.info("guidance Pareto curves -> %s", plot)
+
+
+def write_pareto(sweep_dir: str | Path, rows: list[dict[str, Any]], x: str, y: str) -> Path:
+    """pareto.png of y against x over guidance weights, one curve per thresholding mode, also in TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from imagen_lit.eval.guidance import pareto_rows
+    from imagen_lit.eval.plot import draw_curves, save_plot
+
+    curves = pareto_rows(rows, x, y)
+    array = draw_curves(curves, x_label=x, y_label=y, title="labels: guidance weight")
+    path = save_plot(array, Path(sweep_dir) / "pareto.png")
+    with SummaryWriter(str(Path(sweep_dir) / "tensorboard")) as writer:
+        writer.add_image("guidance_pareto", array, dataformats="HWC")
+        for mode, points in curves.items():
+            for weight, xv, yv in points:
+                step = int(round(weight * 100))  # the guidance weight x 100 on the step axis
+                writer.add_scalar(f"sweep/{mode}/{x}", xv, step)
+                writer.add_scalar(f"sweep/{mode}/{y}", yv, step)
+    return path

@@ -6,8 +6,18 @@ import csv
 import subprocess
 import sys
 
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from imagen_lit.sweep import safe_dirname
 from tests.conftest import ROOT, TINY
+from train import train
+
+
+@pytest.fixture
+def trained_ckpt(train_cfg):
+    train(train_cfg)
+    return train_cfg.paths.output_dir + "/checkpoints/last.ckpt"
 
 
 def test_safe_dirname():
@@ -38,3 +48,31 @@ def test_multirun_summary_survives_a_failed_job(tmp_path):
     assert job.name.startswith("1_+callbacks.throughput.window_size=2,") and len(job.name) <= 2 + 120
     assert "stage.cond_drop_prob=0.1" in (job / ".hydra" / "overrides.yaml").read_text()
     assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_guidance_sweep_at_sampling_time(trained_ckpt, tmp_path):
+    """sample.py -m over guidance weights x thresholding: one scored job each, summary.csv and the Pareto plot."""
+    sweep_dir = tmp_path / "gsweep"
+    weights, modes = ["1", "3", "5"], ["static", "dynamic"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "-m", f"ckpt_path={trained_ckpt}", "evaluate=true",
+         f"guidance_weight={','.join(weights)}", f"thresholding={','.join(modes)}", "progress=false",
+         "eval.num_images=6", "eval.fid.reference.num_images=12", "eval.fid.kid_subset_size=4",
+         "eval.fid.kid_subsets=5", f"eval.fid.cache_dir={tmp_path / 'fid'}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
+    got = {(float(r["guidance_weight"]), r["thresholding"]) for r in rows}
+    assert got == {(float(w), m) for w in weights for m in modes}  # no weight or mode dropped
+    for r in rows:
+        assert 0.0 <= float(r["alignment/overall"]) <= 1.0 and float(r["fidelity/domain_fid"]) >= 0.0
+    assert (sweep_dir / "pareto.png").is_file()
+    acc = EventAccumulator(str(sweep_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert "guidance_pareto" in acc.Tags()["images"]
+    assert len(acc.Scalars("sweep/dynamic/alignment/overall")) == len(weights)
+    job = next(d for d in sweep_dir.iterdir() if d.name.startswith("0_"))
+    assert list((job / "tensorboard").glob("events.out.tfevents.*")) and (job / "grid.png").is_file()
