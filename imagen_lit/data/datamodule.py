@@ -3,6 +3,7 @@
 Usage:
     dm = TextImageDataModule(encoder, synthetic={"num_scenes": 8000, "resolution": 32}, resolution=32)
     dm = TextImageDataModule(encoder, shards="/laion/{00000..00099}.tar", resolution=64)
+    dm = TextImageDataModule(encoder, shards=..., resolution=256, lowres_resolution=64)  # + batch["lowres"], SR
     dm.prepare_data(); dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))  # images (B, 3, H, W) in [-1, 1], text_embeds, text_mask, ...
 """
@@ -11,17 +12,20 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 import lightning
 import torch
 import webdataset as wds
 
+from imagen_lit.data.lowres import LowResPairs, check_lowres_options
 from imagen_lit.data.pipeline import (
     Batcher,
     DecodeImages,
     JoinEmbeddings,
     SampleShuffle,
     ShardList,
+    SkipBatches,
     SkipCounter,
     WarnAndCount,
 )
@@ -47,6 +51,8 @@ class TextImageDataModule(lightning.LightningDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         max_text_length: int | None = None,
+        lowres_resolution: int | None = None,
+        crop_size: int | None = None,
     ) -> None:
         super().__init__()
         if (shards is None) == (synthetic is None):
@@ -58,6 +64,7 @@ class TextImageDataModule(lightning.LightningDataModule):
                              f"{resolution}, {num_workers}")
         if max_text_length is not None and max_text_length < 1:
             raise ValueError(f"max_text_length must be None or >= 1, got {max_text_length}")
+        check_lowres_options(resolution, lowres_resolution, crop_size)
         self.synthetic = None
         if synthetic is not None:
             defaults = {"num_scenes": 8000, "seed": 0, "resolution": resolution, "samples_per_shard": 1000,
@@ -70,7 +77,10 @@ class TextImageDataModule(lightning.LightningDataModule):
         self.shards, self.data_dir, self.cache_dir = shards, data_dir, cache_dir
         self.resolution, self.batch_size, self.num_workers = resolution, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.max_text_length = shuffle_buffer, seed, max_text_length
+        self.lowres_resolution, self.crop_size = lowres_resolution, crop_size
         self.urls: list[str] | None = None
+        self._position: dict[str, Any] = {"epoch": 0, "consumed": {}}  # batches trained on per worker, this epoch
+        self._resume: dict[str, Any] | None = None
         self.cache_files: dict[str, str] | None = None
 
     @property
@@ -108,6 +118,35 @@ class TextImageDataModule(lightning.LightningDataModule):
                                     f"{missing[0]}); call prepare_data() to encode the captions")
         self.cache_files = dict(zip(self.urls, paths, strict=True))
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the batches training consumed from each worker in this epoch (the resume position)."""
+        if self.trainer is not None and self.trainer.training and isinstance(batch, dict) and "worker" in batch:
+            if self.trainer.current_epoch != self._position["epoch"]:
+                self._position = {"epoch": self.trainer.current_epoch, "consumed": {}}
+            consumed = self._position["consumed"]
+            consumed[batch["worker"]] = consumed.get(batch["worker"], 0) + 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's position in the data stream: epoch and batches consumed per worker."""
+        position = {"epoch": self._position["epoch"], "consumed": dict(self._position["consumed"])}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, position)
+            return {"ranks": ranks}
+        return {"ranks": [position]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Pick this rank's position; train_dataloader() then replays its epoch up to it."""
+        ranks = state.get("ranks", [])
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(ranks) != world:
+            warnings.warn(f"checkpoint holds the data position of {len(ranks)} ranks, this run has {world}: "
+                          "the resumed epoch starts from its beginning", stacklevel=2)
+            return
+        self._resume = ranks[rank]
+
     def train_dataloader(self) -> wds.WebLoader:
         """Shuffled shards split over ranks then workers; batches are built in the workers."""
         if self.urls is None:
@@ -118,7 +157,12 @@ class TextImageDataModule(lightning.LightningDataModule):
             warnings.warn(f"{len(self.urls)} shards for {readers} readers (ranks x workers): some read "
                           "nothing; use more, smaller shards or fewer workers", stacklevel=2)
         counter = SkipCounter()  # one per worker once the pipeline is copied into each worker
-        pipeline = wds.DataPipeline(
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        skip: dict[int, int] = {}
+        if self._resume is not None and self._resume["epoch"] == epoch:  # resumed mid-epoch
+            skip = {int(w): n for w, n in self._resume["consumed"].items()}
+        self._position, self._resume = {"epoch": epoch, "consumed": dict(skip)}, None
+        stages = [
             ShardList(self.urls, seed=self.seed),
             wds.split_by_node,
             wds.split_by_worker,
@@ -126,8 +170,14 @@ class TextImageDataModule(lightning.LightningDataModule):
             JoinEmbeddings(self.cache_files, counter),
             SampleShuffle(self.shuffle_buffer, seed=self.seed),
             DecodeImages(self.resolution, counter),
+            *([LowResPairs(self.lowres_resolution, self.crop_size, self.seed)] if self.lowres_resolution else []),
             Batcher(self.batch_size, counter, self.max_text_length),
-        )
+            SkipBatches(skip),
+        ]
+        for stage in stages:  # stages seeded per epoch count epochs from -1: start them at the resumed epoch
+            if hasattr(stage, "epoch"):
+                stage.epoch = epoch - 1
+        pipeline = wds.DataPipeline(*stages)
         return wds.WebLoader(
             pipeline,
             batch_size=None,  # already batched in the workers

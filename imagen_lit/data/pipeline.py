@@ -1,7 +1,8 @@
 """The stages of the training pipeline; they run inside each DataLoader worker on its own shards.
 
 shards (shuffled alike on every rank) -> split_by_node -> split_by_worker -> tar samples -> JoinEmbeddings
--> SampleShuffle -> DecodeImages -> Batcher. Stages are plain picklable objects: no text encoder, only paths.
+-> SampleShuffle -> DecodeImages [-> LowResPairs, for SR stages] -> Batcher. Stages are plain picklable objects:
+no text encoder, only paths.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 from webdataset.utils import pytorch_worker_info
 
+from imagen_lit.data.lowres import stack_lowres
 from imagen_lit.data.shards import decode_caption
 from imagen_lit.text.cache import load_embeddings
 
@@ -183,6 +185,26 @@ class Batcher:
             yield collate(full or batch, self.counter.take(), self.max_text_length)
 
 
+class SkipBatches:
+    """Exact resume: each worker drops the batches it made in the interrupted epoch before the checkpoint.
+
+    Every stage before this one is seeded by (seed, rank, worker, epoch), so replaying the epoch and dropping
+    `per_worker[w]` batches in worker w gives the same stream as the run that was interrupted. The cost is decoding
+    the dropped batches once.
+    """
+
+    def __init__(self, per_worker: dict[int, int] | None = None) -> None:
+        self.per_worker, self.done = dict(per_worker or {}), False
+
+    def __call__(self, src):
+        _, _, worker, _ = pytorch_worker_info()
+        skip = 0 if self.done else self.per_worker.get(worker, 0)
+        self.done = True  # only the first epoch after a resume
+        for i, batch in enumerate(src):
+            if i >= skip:
+                yield {**batch, "worker": worker}  # counted by the datamodule when training consumes it
+
+
 def collate(samples: list[dict], n_skipped: int = 0, max_text_length: int | None = None) -> dict:
     """Stack images and pad text to the longest caption in the batch (zeros, mask False beyond it)."""
     embeds = [s["embed"][:max_text_length] for s in samples]  # each (L_i, D)
@@ -200,4 +222,5 @@ def collate(samples: list[dict], n_skipped: int = 0, max_text_length: int | None
         "specs": [s["spec"] for s in samples],
         "keys": [s["key"] for s in samples],
         "n_skipped": n_skipped,
+        **stack_lowres(samples),  # lowres (B, 3, h, w) for super-resolution stages
     }

@@ -2,5 +2,6 @@
 
 from imagen_lit.stages.base import BaseStage
 from imagen_lit.stages.optim import linear_warmup
+from imagen_lit.stages.sr import SRStage
 
-__all__ = ["BaseStage", "linear_warmup"]
+__all__ = ["BaseStage", "SRStage", "linear_warmup"]

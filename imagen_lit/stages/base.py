@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,7 +16,23 @@ from imagen_lit.diffusion import GaussianDiffusion
 from imagen_lit.models.ema import EMA, ShardedEMA, is_zero3_partitioned
 from imagen_lit.zero_checkpoint import DEEPSPEED_EMA_KEY
 
-NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
+RNG_STATES_KEY = "rng_states"
+NOISE_BUCKETS = 4
+
+
+def rng_states() -> dict[str, Tensor]:
+    """This process's torch RNG states: CPU, and the current CUDA device's when there is one."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_rng_states(states: dict[str, Tensor]) -> None:
+    """Set the states saved by rng_states()."""
+    torch.set_rng_state(states["cpu"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"].cpu())  # train/loss is also logged per quarter of t, the noise level
 
 DEFAULT_SAMPLING = {
     "sampler": "dpmpp_2m",
@@ -65,6 +82,7 @@ class BaseStage(L.LightningModule):
         # it is made in on_fit_start, fp32, and travels in the checkpoint's client state.
         self._deepspeed_ema: EMA | ShardedEMA | None = None
         self._pending_deepspeed_ema: dict[str, Any] | None = None
+        self._pending_rng_states: list[dict[str, Any]] | None = None
         if isinstance(unet, nn.Module):
             self._attach_unet(unet)
 
@@ -85,7 +103,7 @@ class BaseStage(L.LightningModule):
             self.ema = None
 
     def on_fit_start(self) -> None:
-        if self.trainer.world_size > 1:
+        if self.trainer.world_size > 1 and self._pending_rng_states is None:
             # seed_everything gives every rank the same seed: without an offset all ranks would draw the same t and
             # noise each step, and the global batch would hold world_size copies of one noise draw.
             torch.manual_seed(torch.initial_seed() + self.global_rank)
@@ -122,6 +140,11 @@ class BaseStage(L.LightningModule):
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.flops_per_batch is None:
             self.flops_per_batch = self.count_flops(batch)
+        if self._pending_rng_states is not None:
+            # Restored here, not in on_load_checkpoint: creating the resumed run's data iterator draws from the
+            # global RNG, which the uninterrupted run did at the start of the epoch, before the saved state.
+            restore_rng_states(self._pending_rng_states[self.global_rank])
+            self._pending_rng_states = None
 
     def count_flops(self, batch: dict[str, Any]) -> int:
         """Forward + backward FLOPs of one training batch, counted on a meta-device copy of the U-Net."""
@@ -165,8 +188,13 @@ class BaseStage(L.LightningModule):
         if grads:  # the norm before clipping; DeepSpeed keeps its grads in partitions, logged after the step
             self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # The EMA follows each optimizer step here, before any callback's on_train_batch_end (ModelCheckpoint):
+        # a checkpoint then holds the EMA of the same step as the weights, and resuming from it is exact.
         (self._deepspeed_ema or self.ema).update(self.unet)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         engine = getattr(self.trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
         norm = engine.get_global_grad_norm() if engine is not None else None
         if norm is not None:
@@ -181,6 +209,18 @@ class BaseStage(L.LightningModule):
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's torch RNG states (CPU and CUDA), gathered so that rank 0's checkpoint holds them all."""
+        state = rng_states()
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [state]
+        gathered = {}
+        for key in ("cpu", "cuda"):
+            if key in state:  # (world, n) uint8 on the collective's device, back on CPU per rank
+                stacked = self.all_gather(state[key].to(self.device))
+                gathered[key] = [t.cpu() for t in stacked]
+        return [{k: v[r] for k, v in gathered.items()} for r in range(self.trainer.world_size)]
 
     def _offloads_optimizer(self) -> bool:
         config = getattr(self._trainer.strategy, "config", None) if self._trainer is not None else None
@@ -199,11 +239,18 @@ class BaseStage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_samples"] = self.skipped_samples
+        checkpoint[RNG_STATES_KEY] = self._gather_rng_states()  # noise, t and caption dropout continue exactly
         if self._deepspeed_ema is not None:  # client state: rank 0's under ZeRO-2, every rank's shard under ZeRO-3
             checkpoint[DEEPSPEED_EMA_KEY] = self._deepspeed_ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_samples = int(checkpoint.get("skipped_samples", 0))
+        states = checkpoint.get(RNG_STATES_KEY)
+        if states is not None and len(states) == self.trainer.world_size:
+            self._pending_rng_states = states
+        elif states is not None:
+            warnings.warn(f"checkpoint holds RNG states of {len(states)} ranks, this run has "
+                          f"{self.trainer.world_size}: noise and t restart from fresh per-rank seeds", stacklevel=2)
         if DEEPSPEED_EMA_KEY in checkpoint:
             if self._deepspeed_ema is not None:
                 self._deepspeed_ema.load_state_dict(checkpoint[DEEPSPEED_EMA_KEY])

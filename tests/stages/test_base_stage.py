@@ -35,8 +35,7 @@ def test_training_step_and_ema_update():
     loss = stage.training_step(batch, 0)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
-    stage.configure_optimizers().step()
-    stage.on_train_batch_end(None, batch, 0)
+    stage.optimizer_step(0, 0, stage.configure_optimizers())  # the step, then the EMA update
     assert stage.skipped_samples == 2
     ema_w = stage.ema.module.inputs.conv.weight
     assert not torch.equal(ema_w, stage.unet.inputs.conv.weight)  # averaged, not copied
