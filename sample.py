@@ -77,6 +77,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                  use_ema=cfg.use_ema, callback=lambda _: bar.update(1), **overrides)
     bar.close()
     metrics: dict[str, Any] = evaluate_images(images, scenes, fid)
+    if cfg.eval.get("clip_weights"):  # Imagen's alignment axis, for users with local CLIP weights
+        from imagen_lit.eval.clip_score import ClipScore
+
+        metrics["alignment/clip_score"] = ClipScore(cfg.eval.clip_weights, device=device)(
+            images, [s.caption for s in scenes])
     out_dir = Path(cfg.output_dir)
     grid = make_grid(images[:64], nrow=8)
     save_png(grid, out_dir / "grid.png")
