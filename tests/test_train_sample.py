@@ -101,6 +101,19 @@ def test_resume_continues_the_step_count(trained, tmp_path, shared_data_dir):
     assert state["global_step"] == 6
 
 
+def test_resume_automatically_from_the_run_folder(trained, shared_data_dir, caplog):
+    """ckpt_path=last in the same run folder (hydra.run.dir=<run>) picks up its last checkpoint by itself."""
+    from tests.conftest import TINY
+
+    cfg = compose_config("train", trained, TINY + [f"paths.data_dir={shared_data_dir}", "trainer.max_steps=6",
+                                                   "ckpt_path=last"])
+    with caplog.at_level("INFO"):
+        train(cfg)
+    assert f"Restored all states from the checkpoint at {trained / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    state = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 6
+
+
 @pytest.mark.parametrize(
     ("overrides", "error", "match"),
     [
