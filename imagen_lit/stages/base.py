@@ -154,10 +154,18 @@ class BaseStage(L.LightningModule):
         else:
             net = copy.deepcopy(self.unet).to("meta")
         # fp32 meta inputs whatever the batch dtype (DeepSpeed hands bf16 batches to a fp32 meta copy)
-        x, embeds = (torch.empty(batch[k].shape, device="meta") for k in ("images", "text_embeds"))
-        mask = torch.empty(batch["text_mask"].shape, device="meta", dtype=torch.bool)
-        t = torch.empty(x.shape[0], device="meta")
-        return int(measure_flops(net, lambda: net(x, t, embeds, mask), loss_fn=torch.Tensor.sum))
+        meta = {k: torch.empty(v.shape, device="meta", dtype=torch.bool if v.dtype == torch.bool else torch.float32)
+                for k, v in batch.items() if torch.is_tensor(v)}
+        t = torch.empty(meta["images"].shape[0], device="meta")
+        extra = self.flops_inputs(meta, t)
+        return int(measure_flops(
+            net, lambda: net(meta["images"], t, meta["text_embeds"], meta["text_mask"], **extra),
+            loss_fn=torch.Tensor.sum,
+        ))
+
+    def flops_inputs(self, meta: dict[str, Tensor], t: Tensor) -> dict[str, Tensor]:
+        """Network inputs besides x_t, t and the text for count_flops, from meta copies of the batch."""
+        return {}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images = batch["images"].float()  # the diffusion maths runs in fp32 whatever the weights' dtype

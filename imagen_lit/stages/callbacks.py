@@ -21,7 +21,42 @@ def batch_size_of(batch: dict[str, Any]) -> int:
     return int(batch["images"].shape[0])
 
 
-class SampleGrid(L.Callback):
+def log_image(trainer: L.Trainer, tag: str, grid: torch.Tensor, step: int) -> None:
+    """Log a [3, H, W] image in [-1, 1] to every logger that takes images (TensorBoard)."""
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image(tag, (grid + 1) / 2, global_step=step)
+
+
+class PeriodicSamples(L.Callback):
+    """Calls log_samples every `every_n_steps` optimizer steps and once more, as 'final', when training ends."""
+
+    def __init__(self, every_n_steps: int):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.log_samples(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_samples(trainer, pl_module, name="final")
+
+    def due(self, step: int, name: str | None) -> bool:
+        """Whether to sample now: once per step (a resumed step is not sampled twice), always for 'final'."""
+        if name is None and step == self._last_step:
+            return False
+        self._last_step = step
+        return True
+
+    def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str | None = None) -> None:
+        raise NotImplementedError
+
+
+class SampleGrid(PeriodicSamples):
     """Every N steps and at the end of training, sample fixed prompts and log the grid to TensorBoard and disk."""
 
     def __init__(
@@ -35,34 +70,23 @@ class SampleGrid(L.Callback):
     ):
         if not prompts:
             raise ValueError("SampleGrid needs at least one prompt")
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        super().__init__(every_n_steps)
         self.prompts = [p for p in prompts for _ in range(num_per_prompt)]
-        self.every_n_steps = every_n_steps
         self.num_per_prompt = num_per_prompt
         self.seed = seed
         self.out_dir = out_dir
         self.sampling = dict(sampling or {})
         self._cond: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._last_step = -1
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The fixed prompts are encoded once, with the encoder the data was cached with.
         self._cond = trainer.datamodule.text_encoder.encode(self.prompts)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self.log_samples(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log_samples(trainer, pl_module, name="final")
-
     def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str | None = None) -> None:
         """Sample the prompts with a fixed seed; write samples/<step or name>.png and log to TensorBoard."""
         step = trainer.global_step
-        if self._cond is None or (name is None and step == self._last_step):
+        if self._cond is None or not self.due(step, name):
             return
-        self._last_step = step
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         # Every rank samples: under ZeRO-3 each forward gathers shards from all ranks. Rank 0 writes.
         images = pl_module.generate(*self._cond, generator=generator, **self.sampling)
@@ -80,10 +104,7 @@ class SampleGrid(L.Callback):
         settings = {**pl_module.sampling, **self.sampling}
         (out_dir / "prompts.json").write_text(json.dumps({"prompts": self.prompts, "grid": layout,
                                                          "sampling": settings}, indent=2))
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("samples", (grid + 1) / 2, global_step=step)
+        log_image(trainer, "samples", grid, step)
 
 
 class GpuMemory(L.Callback):

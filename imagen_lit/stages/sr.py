@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor, nn
 
 from imagen_lit.diffusion import GaussianDiffusion, check_aug_level, noise_augment, sample_aug_level
@@ -117,18 +115,9 @@ class SRStage(BaseStage):
         lowres, aug_level = self.augment(lowres)
         return {"lowres": lowres, "aug_level": aug_level}
 
-    def count_flops(self, batch: dict[str, Any]) -> int:
-        """Forward + backward FLOPs of one training batch (low-res image included), on a meta-device U-Net."""
-        if self.unet_factory is not None:
-            with torch.device("meta"):
-                net = self.unet_factory()
-        else:
-            net = copy.deepcopy(self.unet).to("meta")
-        # fp32 meta inputs whatever the batch dtype, as BaseStage.count_flops
-        x, embeds, lowres = (torch.empty(batch[k].shape, device="meta") for k in ("images", "text_embeds", "lowres"))
-        mask = torch.empty(batch["text_mask"].shape, device="meta", dtype=torch.bool)
-        t = torch.empty(x.shape[0], device="meta")
-        return int(measure_flops(net, lambda: net(x, t, embeds, mask, lowres, t), loss_fn=torch.Tensor.sum))
+    def flops_inputs(self, meta: dict[str, Tensor], t: Tensor) -> dict[str, Tensor]:
+        """The low-res image and its aug_level, for BaseStage.count_flops."""
+        return {"lowres": meta["lowres"], "aug_level": t}
 
     def output_size(self, lowres: Tensor) -> tuple[int, int]:
         """(H, W) of the samples for this low-res batch; ValueError for a wrong shape or channel count."""

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from imagen_lit.images import make_grid, save_png
+from imagen_lit.stages.callbacks import GRID_PAD, PeriodicSamples, log_image
 
-GRID_PAD = 2
 KEPT = ("images", "lowres", "text_embeds", "text_mask")
 
 
-class SRSampleGrid(L.Callback):
+class SRSampleGrid(PeriodicSamples):
     """Every N steps and at the end of training, super-resolve the first training batch's low-res images (kept
     fixed) and write rows of (bicubic upsample | sample | ground truth) to samples/ and TensorBoard (Sec. 2.4)."""
 
@@ -28,14 +28,14 @@ class SRSampleGrid(L.Callback):
         out_dir: str | None = None,
         sampling: dict[str, Any] | None = None,
     ):
-        if num_images < 1 or every_n_steps < 1:
-            raise ValueError(f"num_images and every_n_steps must be >= 1, got {num_images} and {every_n_steps}")
-        self.num_images, self.every_n_steps, self.seed = num_images, every_n_steps, seed
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        super().__init__(every_n_steps)
+        self.num_images, self.seed = num_images, seed
         self.out_dir = out_dir
         self.sampling = dict(sampling or {})
         self._batch: dict[str, torch.Tensor] | None = None
         self._captions: list[str] = []
-        self._last_step = -1
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any) -> None:
         if self._batch is None:
@@ -44,19 +44,11 @@ class SRSampleGrid(L.Callback):
             self._batch = {k: batch[k][: self.num_images].detach().cpu().clone() for k in KEPT}
             self._captions = list(batch.get("captions", [])[: self.num_images])
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self.log_samples(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log_samples(trainer, pl_module, name="final")
-
     def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str | None = None) -> None:
         """Sample with a fixed seed on every rank (ZeRO-3 gathers shards in each forward); rank 0 writes."""
         step = trainer.global_step
-        if self._batch is None or (name is None and step == self._last_step):
+        if self._batch is None or not self.due(step, name):
             return
-        self._last_step = step
         b = self._batch
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         samples = pl_module.generate(b["text_embeds"], b["text_mask"], b["lowres"], generator=generator,
@@ -72,7 +64,4 @@ class SRSampleGrid(L.Callback):
                 "grid": {"nrow": 3, "pad": GRID_PAD, "image_size": samples.shape[-1], "seed": self.seed},
                 "sampling": {**pl_module.sampling, **self.sampling}}
         (out_dir / "captions.json").write_text(json.dumps(meta, indent=2))
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("samples", (grid + 1) / 2, global_step=step)
+        log_image(trainer, "samples", grid, step)
