@@ -11,6 +11,7 @@ from torch import Tensor
 
 from imagen_lit.data.shards import synthetic_scene
 from imagen_lit.data.world import Scene
+from imagen_lit.eval.colour import colour_accuracy
 from imagen_lit.eval.compositional import score_batch
 from imagen_lit.eval.fid import FidEvaluator
 from imagen_lit.images import to_uint8
@@ -42,7 +43,12 @@ def generate_for_scenes(
 
 def evaluate_images(images: Tensor, scenes: list[Scene], fid: FidEvaluator | None = None) -> dict[str, float]:
     """Compositional accuracy per category and overall (the alignment axis), plus domain FID/KID if given."""
-    metrics = {f"alignment/{k}": float(v) for k, v in score_batch(to_uint8(images), scenes).items()}
+    pixels = to_uint8(images)
+    metrics = {f"alignment/{k}": float(v) for k, v in score_batch(pixels, scenes).items()}
+    single = [i for i, s in enumerate(scenes) if s.kind == "single"]
+    if single:  # colour alone, shape ignored: what a small model learns first (the quickstart's 32/32 check)
+        colours = [scenes[i].objects[0].colour for i in single]
+        metrics["alignment/colour_named"] = colour_accuracy(pixels[single], colours)
     if fid is not None:
         metrics.update({f"fidelity/{k}": v for k, v in fid.evaluate(images).items()})
     return metrics
