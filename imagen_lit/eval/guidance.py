@@ -43,6 +43,8 @@ def generate_for_scenes(
 
 def evaluate_images(images: Tensor, scenes: list[Scene], fid: FidEvaluator | None = None) -> dict[str, float]:
     """Compositional accuracy per category and overall (the alignment axis), plus domain FID/KID if given."""
+    # Scored as saved: without thresholding, high guidance leaves x0 outside [-1, 1] and a PNG clips it.
+    images = images.clamp(-1, 1)
     pixels = to_uint8(images)
     metrics = {f"alignment/{k}": float(v) for k, v in score_batch(pixels, scenes).items()}
     single = [i for i, s in enumerate(scenes) if s.kind == "single"]

@@ -56,7 +56,7 @@ def draw_curves(
         for (label, _, _), (px, py) in zip(pts, pixels, strict=True):
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
             draw.text((px + 5, py - 12), f"{label:g}", fill=colour)
-        draw.text((w - right - 110, top + 10 + 16 * i), f"— {name}", fill=colour)
+        draw.text((w - right - 110, top + 10 + 16 * i), f"-- {name}", fill=colour)
     return np.asarray(image)
 
 
