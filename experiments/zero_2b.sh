@@ -2,7 +2,7 @@
 # The 2B base U-Net under DeepSpeed ZeRO: train STEPS steps, resume from that checkpoint for MORE_STEPS more, sample
 # from the sharded checkpoint (converted in memory; CONVERT=1 also writes a plain one) and print the run figures.
 #   experiments/zero_2b.sh deepspeed_zero2 [out_dir] [hydra overrides...]
-#   STEPS=300 MORE_STEPS=20 experiments/zero_2b.sh deepspeed_zero3 /tmp/zero text_encoder=t5_xxl
+#   STEPS=300 MORE_STEPS=20 experiments/zero_2b.sh deepspeed_zero3 outputs/zero text_encoder=t5_xxl
 set -euo pipefail
 trainer=${1:?trainer config: deepspeed_zero2 | deepspeed_zero3 | deepspeed_zero3_offload}
 out=${2:-outputs/zero_2b}
