@@ -17,7 +17,7 @@ from imagen_lit.models.ema import EMA, ShardedEMA, is_zero3_partitioned
 from imagen_lit.zero_checkpoint import DEEPSPEED_EMA_KEY
 
 RNG_STATES_KEY = "rng_states"
-NOISE_BUCKETS = 4
+NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
 
 
 def rng_states() -> dict[str, Tensor]:
@@ -32,7 +32,7 @@ def restore_rng_states(states: dict[str, Tensor]) -> None:
     """Set the states saved by rng_states()."""
     torch.set_rng_state(states["cpu"].cpu())
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda"].cpu())  # train/loss is also logged per quarter of t, the noise level
+        torch.cuda.set_rng_state(states["cuda"].cpu())
 
 DEFAULT_SAMPLING = {
     "sampler": "dpmpp_2m",
@@ -51,6 +51,8 @@ class BaseStage(L.LightningModule):
     the strategy's init context: under DeepSpeed ZeRO-3 the weights are partitioned as they are created, so no
     rank ever holds the whole unsharded U-Net.
     """
+
+    default_sampling: dict[str, Any] = DEFAULT_SAMPLING
 
     def __init__(
         self,
@@ -75,7 +77,7 @@ class BaseStage(L.LightningModule):
         self.ema_decay = ema_decay
         self.cond_drop_prob = cond_drop_prob
         self.channels_last = channels_last
-        self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        self.sampling = {**self.default_sampling, **self.checked_sampling(sampling or {})}
         self.skipped_samples = 0
         self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
         # Under DeepSpeed the EMA is not a submodule (the engine would cast it to bf16 and, under ZeRO-3, shard it):
@@ -85,6 +87,13 @@ class BaseStage(L.LightningModule):
         self._pending_rng_states: list[dict[str, Any]] | None = None
         if isinstance(unet, nn.Module):
             self._attach_unet(unet)
+
+    def checked_sampling(self, sampling: dict[str, Any]) -> dict[str, Any]:
+        """The options, after a ValueError for any this stage does not know (a misspelled config key)."""
+        unknown = set(sampling) - set(self.default_sampling)
+        if unknown:
+            raise ValueError(f"unknown sampling options {sorted(unknown)}; valid: {sorted(self.default_sampling)}")
+        return sampling
 
     def _under_deepspeed(self) -> bool:
         return self._trainer is not None and hasattr(self._trainer.strategy, "deepspeed_engine")
@@ -203,8 +212,7 @@ class BaseStage(L.LightningModule):
         (self._deepspeed_ema or self.ema).update(self.unet)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        engine = getattr(self.trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
-        norm = engine.get_global_grad_norm() if engine is not None else None
+        norm = self.trainer.strategy.deepspeed_engine.get_global_grad_norm() if self._under_deepspeed() else None
         if norm is not None:
             self.log("train/grad_norm", float(norm))
 
@@ -284,9 +292,7 @@ class BaseStage(L.LightningModule):
         For subclasses: `size` (H, W) overrides the U-Net's image_size; `shared` holds network inputs given alike
         to the conditional and the null branch of guidance (the SR stage's low-res image, Imagen Sec. 2.4).
         """
-        unknown = set(sampling) - set(DEFAULT_SAMPLING)
-        if unknown:
-            raise ValueError(f"unknown sampling options {sorted(unknown)}; valid: {sorted(DEFAULT_SAMPLING)}")
+        self.checked_sampling(sampling)
         settings = {k: v for k, v in {**self.sampling, **sampling}.items() if k in DEFAULT_SAMPLING}
         averaged = self._deepspeed_ema or self.ema
         # Under ZeRO-3 the EMA lives in per-rank shards: grids during training use the live weights; sample.py

@@ -38,6 +38,8 @@ class SRStage(BaseStage):
     Other arguments are BaseStage's.
     """
 
+    default_sampling = SR_DEFAULT_SAMPLING
+
     def __init__(
         self,
         unet: nn.Module | Callable[[], nn.Module],
@@ -49,10 +51,7 @@ class SRStage(BaseStage):
         sampling: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        unknown = set(sampling or {}) - set(SR_DEFAULT_SAMPLING)
-        if unknown:
-            raise ValueError(f"unknown sampling options {sorted(unknown)}; valid: {sorted(SR_DEFAULT_SAMPLING)}")
-        sampling = {**SR_DEFAULT_SAMPLING, **(sampling or {})}
+        sampling = {**SR_DEFAULT_SAMPLING, **self.checked_sampling(sampling or {})}
         check_aug_level(sampling["aug_level"])
         if not noise_aug and sampling["aug_level"] != 0:
             raise ValueError(
@@ -157,9 +156,7 @@ class SRStage(BaseStage):
 
         Guidance drops the text only: the (noise-augmented) low-res image goes to both branches.
         """
-        unknown = set(sampling) - set(SR_DEFAULT_SAMPLING)
-        if unknown:
-            raise ValueError(f"unknown sampling options {sorted(unknown)}; valid: {sorted(SR_DEFAULT_SAMPLING)}")
+        self.checked_sampling(sampling)
         aug_level = float(sampling.pop("aug_level", self.sampling["aug_level"]))
         check_aug_level(aug_level)
         if not self.noise_aug and aug_level != 0:

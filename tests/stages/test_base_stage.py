@@ -64,3 +64,10 @@ def test_linear_warmup():
         opt.step()
         sched.step()
     assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_misspelled_sampling_option_in_the_config_fails_at_construction():
+    unet = UNet(image_size=8, text_dim=12, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                attn_resolutions=(4,), head_dim=8)
+    with pytest.raises(ValueError, match=r"unknown sampling options \['guidance'\]"):
+        BaseStage(unet, GaussianDiffusion(CosineSchedule()), optimizer=torch.optim.AdamW, sampling={"guidance": 3})
