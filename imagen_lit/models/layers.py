@@ -37,9 +37,13 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= max_groups that divides the channels."""
-    groups = math.gcd(channels, max_groups)
+def group_norm(channels: int, max_groups: int = 32, min_group_channels: int = 4) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= max_groups that divides the channels, >= 4 channels per group.
+
+    One channel per group would be instance norm: it removes each channel's spatial mean, so a flat region's
+    absolute colour (a super-resolution model's low-res input, a base model's background) could not pass through.
+    """
+    groups = math.gcd(channels, max(1, min(max_groups, channels // min_group_channels)))
     return nn.GroupNorm(groups, channels)
 
 
