@@ -6,6 +6,11 @@
     python sample.py ckpt_path=... drawbench=all num_images=4     # DrawBench: drawbench/<category>.png each
     python sample.py -m ckpt_path=... evaluate=true thresholding=none,static,dynamic \
         guidance_weight=1,1.25,1.5,1.75,2,3,4,5,6,7,8,9,10          # guidance sweep: summary.csv, pareto.png
+
+The cascade (Imagen Fig. A.4): base -> SR -> SR, from an exported folder or one checkpoint per stage:
+    python sample.py cascade=outputs/quickstart/cascade
+    python sample.py 'stages=[<base>.ckpt,<sr64>.ckpt]' stage_sampling.sr64.aug_level=0.1 stop_at=sr64
+    python sample.py cascade=... start_at=sr64 lowres_image=my_32px.png prompts='[a red circle]'
 """
 
 from __future__ import annotations
@@ -97,8 +102,103 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def read_lowres_images(paths: str | list[str], count: int) -> torch.Tensor:
+    """[count, 3, h, w] in [-1, 1] from one PNG (used for every image) or one PNG per image."""
+    import numpy as np
+    from PIL import Image
+
+    files = [paths] if isinstance(paths, str) else [str(p) for p in paths]
+    if len(files) not in (1, count):
+        raise ValueError(f"lowres_image: give one image or one per sampled image ({count}), got {len(files)}")
+    images = []
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"lowres_image not found: {f}")
+        with Image.open(f) as im:
+            if im.mode not in ("RGB", "P"):
+                raise ValueError(f"lowres_image {f} is {im.mode} ({len(im.getbands())} channels): the cascade takes "
+                                 f"RGB images (3 channels)")
+            pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (h, w, 3)
+        images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0))  # (3, h, w)
+    if len({tuple(i.shape) for i in images}) > 1:
+        raise ValueError(f"lowres_image files differ in size: {[tuple(i.shape[-2:]) for i in images]}")
+    stacked = torch.stack(images)  # (n, 3, h, w)
+    return stacked.expand(count, -1, -1, -1) if len(files) == 1 else stacked
+
+
+def load_cascade(cfg: DictConfig) -> Any:
+    """The Cascade of cfg.cascade (an exported folder) or cfg.stages (one checkpoint per stage)."""
+    from imagen_lit.cascade import Cascade
+
+    if cfg.get("cascade") and cfg.get("stages"):
+        raise ValueError("give either cascade=<folder> or stages=[<ckpt>, ...], not both")
+    return Cascade.load(cfg.cascade) if cfg.get("cascade") else Cascade.from_checkpoints(list(cfg.stages))
+
+
+def sample_cascade(cfg: DictConfig) -> Path:
+    """Run the cascade for cfg.num_images per prompt; every stage's images go to <output_dir>/<stage>/."""
+    prompts = read_prompts(cfg)
+    if cfg.num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")
+    common = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}  # global keys: every stage
+    requested: dict[str, Any] = OmegaConf.to_container(cfg.get("stage_sampling") or {}, resolve=True)  # type: ignore[assignment]
+    cascade = load_cascade(cfg)
+    unknown = {n for n, opts in requested.items() if opts} - set(cascade.names)
+    if unknown:
+        raise ValueError(f"stage_sampling for unknown stages {sorted(unknown)}; this cascade has {cascade.names}")
+    per_stage = {n: {**common, **{k: v for k, v in (requested.get(n) or {}).items() if v is not None}}
+                 for n in cascade.names}
+    for stage, name in zip(cascade.stages, cascade.names, strict=True):
+        stage.checked_sampling(dict(per_stage[name]))  # a misspelled key fails before any sampling
+    device = resolve_device(cfg.get("device", "auto"))
+    cascade.to(device)
+    jobs = [(p, i) for p, _ in prompts for i in range(cfg.num_images)]
+    lowres = read_lowres_images(cfg.lowres_image, len(jobs)) if cfg.get("lowres_image") else None
+    start = cascade.index_of(cfg.get("start_at"), 0)
+    stop = cascade.index_of(cfg.get("stop_at"), len(cascade.stages) - 1)
+    num_batches = -(-len(jobs) // cfg.batch_size)
+    bar = tqdm(total=num_batches * cascade.steps_per_batch(start, stop, per_stage), desc="cascade", unit="step",
+               disable=not cfg.progress)
+    outputs: dict[str, list[torch.Tensor]] = {}
+    for first in range(0, len(jobs), cfg.batch_size):
+        chunk = jobs[first : first + cfg.batch_size]
+        batch = cascade.sample(
+            [p for p, _ in chunk], seed=cfg.seed + first, start_at=start, stop_at=stop,
+            lowres=None if lowres is None else lowres[first : first + len(chunk)], overrides=per_stage,
+            use_ema=cfg.use_ema, callback=lambda _: bar.update(1), on_stage=lambda n: bar.set_description(n),
+        )
+        for name, images in batch.items():
+            outputs.setdefault(name, []).append(images)
+    bar.close()
+    out_dir = Path(cfg.output_dir)
+    records: dict[str, list[dict[str, Any]]] = {}
+    for name, chunks in outputs.items():
+        images_t = torch.cat(chunks)
+        records[name] = []
+        for idx, ((prompt, i), image) in enumerate(zip(jobs, images_t, strict=True)):
+            path = save_png(image, out_dir / name / "images" / f"{idx:05d}.png")
+            records[name].append({"file": str(path.relative_to(out_dir)), "prompt": prompt, "index": i})
+        save_png(make_grid(images_t, nrow=cfg.num_images), out_dir / name / "grid.png")
+    last = list(outputs)[-1]
+    save_png(make_grid(torch.cat(outputs[last]), nrow=cfg.num_images), out_dir / "grid.png")
+    meta: dict[str, Any] = {
+        "cascade": str(cfg.cascade) if cfg.get("cascade") else [str(p) for p in cfg.stages],
+        "stages": list(outputs), "seed": cfg.seed, "use_ema": cfg.use_ema, "num_images": cfg.num_images,
+        "lowres_image": cfg.get("lowres_image"),
+        "sampling": {n: {**cascade.stages[cascade.names.index(n)].sampling, **per_stage.get(n, {})} for n in outputs},
+        "images": records,
+    }
+    (out_dir / "samples.json").write_text(json.dumps(meta, indent=2, default=str))
+    log.info("cascade %s: wrote %d images per stage to %s", " -> ".join(outputs), len(jobs), out_dir)
+    return out_dir
+
+
 def sample(cfg: DictConfig) -> Path | dict[str, Any]:
     """Generate cfg.num_images per prompt and return the output folder; with evaluate=true, evaluate instead."""
+    if cfg.get("cascade") or cfg.get("stages"):
+        return sample_cascade(cfg)
+    if cfg.get("ckpt_path") is None:
+        raise ValueError("nothing to sample: pass ckpt_path=<checkpoint>, cascade=<folder> or stages=[<ckpt>, ...]")
     if cfg.get("evaluate"):
         return evaluate(cfg)
     prompts = read_prompts(cfg)

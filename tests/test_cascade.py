@@ -1,0 +1,172 @@
+"""End to end: train a tiny base and a tiny SR stage, export them as a cascade folder, and sample the chain."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from safetensors.torch import load_file
+
+from imagen_lit.cascade import CASCADE_FILE, WEIGHTS_FILE, Cascade
+from sample import sample
+from tests.conftest import TINY, compose_config
+from tests.test_train_sr import SR_TINY
+from train import train
+
+SR_OVERRIDES = ["experiment=quickstart_sr64", "data.resolution=32", "data.lowres_resolution=16", "data.crop_size=16"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, shared_data_dir) -> list[Path]:
+    """[base 16x16, SR 16->32] checkpoints of two tiny train.py runs on the same text encoder."""
+    root = tmp_path_factory.mktemp("cascade")
+    base = compose_config("train", root / "base", TINY + [f"paths.data_dir={shared_data_dir}"])
+    train(base)
+    sr = compose_config("train", root / "sr", SR_TINY + SR_OVERRIDES + [f"paths.data_dir={shared_data_dir}"])
+    train(sr)
+    return [root / "base" / "checkpoints" / "last.ckpt", root / "sr" / "checkpoints" / "last.ckpt"]
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoints, tmp_path_factory) -> Path:
+    return Cascade.from_checkpoints(checkpoints).save(tmp_path_factory.mktemp("export") / "cascade")
+
+
+def _sample(tmp_path: Path, *overrides: str) -> Path:
+    cfg = compose_config("sample", tmp_path, [f"output_dir={tmp_path}", "progress=false", "num_images=2",
+                                              "prompts=[a red circle,two blue squares]", *overrides])
+    return sample(cfg)
+
+
+def test_export_round_trips_exactly(checkpoints, exported):
+    index = json.loads((exported / CASCADE_FILE).read_text())
+    assert index["stages"] == ["base16", "sr32"] and index["image_sizes"] == [16, 32]
+    assert index["text_encoder"]["num_layers"] == 1
+    original, loaded = Cascade.from_checkpoints(checkpoints), Cascade.load(exported)
+    for a, b, name in zip(original.stages, loaded.stages, loaded.names, strict=True):
+        saved = load_file(str(exported / name / WEIGHTS_FILE))
+        state = a.state_dict()
+        assert saved.keys() == state.keys() and any(k.startswith("ema.") for k in saved)
+        assert all(torch.equal(saved[k], state[k]) for k in state)
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in state.items())
+        assert a.sampling == b.sampling
+
+
+def test_folder_and_checkpoints_sample_the_same_pixels(checkpoints, exported, tmp_path):
+    from_ckpts = _sample(tmp_path / "ckpts", f"stages=[{checkpoints[0]},{checkpoints[1]}]")
+    from_folder = _sample(tmp_path / "folder", f"cascade={exported}")
+    meta = json.loads((from_folder / "samples.json").read_text())
+    assert meta["stages"] == ["base16", "sr32"]
+    for name, size in (("base16", 16), ("sr32", 32)):
+        files = sorted((from_folder / name / "images").glob("*.png"))
+        assert len(files) == 4
+        for f in files:
+            a, b = np.asarray(Image.open(f)), np.asarray(Image.open(from_ckpts / name / "images" / f.name))
+            assert a.shape == (size, size, 3) and np.array_equal(a, b)
+    # the tensors too, not only the 8-bit PNGs
+    x = Cascade.from_checkpoints(checkpoints).sample(["a red circle"], seed=3)
+    y = Cascade.load(exported).sample(["a red circle"], seed=3)
+    assert all(torch.equal(x[n], y[n]) for n in ("base16", "sr32"))
+    assert not torch.equal(x["sr32"], Cascade.load(exported).sample(["a red circle"], seed=4)["sr32"])
+
+
+def test_sr_stage_reads_the_previous_stage_output(exported):
+    cascade = Cascade.load(exported)
+    out = cascade.sample(["a red circle", "a blue square"], seed=0)
+    assert out["base16"].shape == (2, 3, 16, 16) and out["sr32"].shape == (2, 3, 32, 32)
+    embeds, mask = cascade.text_encoder.encode(["a red circle", "a blue square"])
+    raw = cascade.stages[1].generate(embeds, mask, out["base16"], generator=torch.Generator().manual_seed(0))
+    assert raw.shape == (2, 3, 32, 32) and torch.isfinite(raw).all() and raw.std() > 0.01
+    assert raw.abs().max() <= 1 + 1e-3  # dynamic thresholding keeps x0 in range, up to float error
+    calls = []
+    sr = cascade.stages[1]
+    original = sr.generate
+
+    def spy(embeds, mask, lowres, **kwargs):
+        calls.append(lowres.clone())
+        return original(embeds, mask, lowres, **kwargs)
+
+    sr.generate = spy
+    again = cascade.sample(["a red circle", "a blue square"], seed=0)
+    assert torch.equal(calls[0], again["base16"]) and torch.equal(again["sr32"], out["sr32"])
+
+
+def test_start_at_sr_with_own_image_and_stop_at(exported, tmp_path):
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    image[4:12, 4:12] = (220, 30, 30)
+    Image.fromarray(image).save(tmp_path / "low.png")
+    out = _sample(tmp_path / "sr", f"cascade={exported}", "start_at=sr32", f"lowres_image={tmp_path / 'low.png'}",
+                  "+stage_sampling.sr32.aug_level=0.0", "+stage_sampling.sr32.steps=3")
+    meta = json.loads((out / "samples.json").read_text())
+    assert meta["stages"] == ["sr32"] and not (out / "base16").exists()
+    assert meta["sampling"]["sr32"]["aug_level"] == 0.0 and meta["sampling"]["sr32"]["steps"] == 3
+    assert np.asarray(Image.open(out / "sr32" / "images" / "00000.png")).shape == (32, 32, 3)
+    # the crop-trained stage takes a low-res image of any (stride-multiple) size and returns it 2x larger
+    wide = np.zeros((16, 24, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    out = _sample(tmp_path / "wide", f"cascade={exported}", "start_at=sr32", f"lowres_image={tmp_path / 'wide.png'}")
+    assert np.asarray(Image.open(out / "sr32" / "images" / "00000.png")).shape == (32, 48, 3)
+    only_base = _sample(tmp_path / "base", f"cascade={exported}", "stop_at=base16")
+    assert json.loads((only_base / "samples.json").read_text())["stages"] == ["base16"]
+
+
+@pytest.mark.parametrize(
+    ("image", "mode", "match"),
+    [((15, 15, 3), "RGB", "not a multiple of the U-Net's total stride"), ((16, 16, 4), "RGBA", "RGB images"),
+     ((16, 16), "L", "RGB images")],
+    ids=["wrong-size", "rgba", "grey"],
+)
+def test_bad_lowres_image_is_a_clear_error(exported, tmp_path, image, mode, match):
+    Image.fromarray(np.zeros(image, dtype=np.uint8), mode).save(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=match):
+        _sample(tmp_path / "out", f"cascade={exported}", "start_at=sr32", f"lowres_image={tmp_path / 'bad.png'}")
+
+
+def test_sr_start_needs_an_image_and_base_start_refuses_one(exported):
+    cascade = Cascade.load(exported)
+    with pytest.raises(ValueError, match="give the low-res images"):
+        cascade.sample(["a red circle"], start_at="sr32")
+    with pytest.raises(ValueError, match="takes no low-res image"):
+        cascade.sample(["a red circle"], lowres=torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="no stage named 'sr64'"):
+        cascade.sample(["a red circle"], stop_at="sr64")
+    with pytest.raises(ValueError, match="unknown sampling options"):
+        cascade.stages[1].checked_sampling({"aug_levle": 0.1})
+
+
+def test_folder_missing_a_stage(exported, tmp_path):
+    broken = shutil.copytree(exported, tmp_path / "broken")
+    shutil.rmtree(broken / "sr32")
+    with pytest.raises(FileNotFoundError, match=r"\['sr32'\] lack"):
+        Cascade.load(broken)
+    with pytest.raises(FileNotFoundError, match="not a cascade folder"):
+        Cascade.load(tmp_path)
+
+
+def test_stages_with_different_text_encoders(exported, checkpoints, tmp_path):
+    broken = shutil.copytree(exported, tmp_path / "mixed")
+    cfg = OmegaConf.load(broken / "sr32" / "config.yaml")
+    cfg.text_encoder.num_layers = 2
+    OmegaConf.save(cfg, broken / "sr32" / "config.yaml")
+    with pytest.raises(ValueError, match="stage sr32 was trained with text encoder"):
+        Cascade.load(broken)
+    cascade = Cascade.from_checkpoints(checkpoints)
+    cascade.configs[1].text_encoder.num_layers = 2
+    with pytest.raises(ValueError, match=r"different text encoders.*differ in \['num_layers'\]"):
+        Cascade(cascade.stages, cascade.configs, cascade.text_encoder)
+
+
+def test_sr_stage_cannot_come_first_after_a_mismatched_size(checkpoints):
+    base = Cascade.from_checkpoints(checkpoints[:1])
+    with pytest.raises(ValueError, match="only the first stage"):
+        Cascade(base.stages * 2, base.configs * 2, base.text_encoder, ["a", "b"])
+    sr = Cascade.from_checkpoints(checkpoints[1:])
+    sr.stages[0].fully_convolutional = False  # a whole-image SR stage takes exactly its lowres_size
+    with pytest.raises(ValueError, match="upsamples 16x16 images but a makes 32x32"):
+        Cascade([sr.stages[0], sr.stages[0]], sr.configs * 2, sr.text_encoder, ["a", "b"])
