@@ -17,8 +17,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# The quickstart trains the small cascade's base (32x32) and SR (32->64) stages, exports them as one folder,
+# samples the chain, and scores the SR stage against bicubic upsampling on 64 held-out scenes.
+QUICKSTART_DIR ?= outputs/quickstart/$(shell date +%Y-%m-%d_%H-%M-%S)
+QUICKSTART_DIR := $(QUICKSTART_DIR)
+
 quickstart: install
-	$(BIN)/python train.py experiment=quickstart
+	$(BIN)/python train.py experiment=quickstart hydra.run.dir=$(QUICKSTART_DIR)/base32
+	$(BIN)/python train.py experiment=quickstart_sr64 hydra.run.dir=$(QUICKSTART_DIR)/sr64
+	$(BIN)/python -m imagen_lit.cascade export $(QUICKSTART_DIR)/cascade \
+	    $(QUICKSTART_DIR)/base32/checkpoints/last.ckpt $(QUICKSTART_DIR)/sr64/checkpoints/last.ckpt
+	$(BIN)/python sample.py cascade=$(QUICKSTART_DIR)/cascade hydra.run.dir=$(QUICKSTART_DIR)/samples
+	$(BIN)/python experiments/sr_vs_bicubic.py $(QUICKSTART_DIR)/sr64/checkpoints/last.ckpt --num-scenes 64 \
+	    --json $(QUICKSTART_DIR)/sr_vs_bicubic.json --save-grid $(QUICKSTART_DIR)/sr_vs_bicubic.png
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -53,7 +53,8 @@ def _score(ckpt: Path) -> list[dict]:
 @pytest.mark.parametrize(
     ("experiment", "overrides", "tile"),
     [
-        ("quickstart_sr64", ["data.resolution=16", "data.lowres_resolution=8", "unet.self_attention=[false,true]"], 16),
+        ("quickstart_sr64", ["data.resolution=16", "data.lowres_resolution=8", "unet=sr_small", "data.crop_size=null",
+                             "stage.fully_convolutional=false", "unet.self_attention=[false,true]"], 16),
         ("quickstart_sr128", ["data.resolution=32", "data.lowres_resolution=16", "data.crop_size=8"], 8),
     ],
     ids=["whole", "crops"],
