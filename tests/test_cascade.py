@@ -34,6 +34,17 @@ def checkpoints(tmp_path_factory, shared_data_dir) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
+def third_stage(checkpoints, shared_data_dir) -> Path:
+    """A tiny crop-trained SR 32->64 checkpoint (the embedded cascade's last stage, experiment=quickstart_sr128)."""
+    root = checkpoints[0].parents[2]
+    cfg = compose_config("train", root / "sr64", SR_TINY + [
+        "experiment=quickstart_sr128", "data.resolution=64", "data.lowres_resolution=32", "data.crop_size=16",
+        f"paths.data_dir={shared_data_dir}"])
+    train(cfg)
+    return root / "sr64" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
 def exported(checkpoints, tmp_path_factory) -> Path:
     return Cascade.from_checkpoints(checkpoints).save(tmp_path_factory.mktemp("export") / "cascade")
 
@@ -114,6 +125,16 @@ def test_start_at_sr_with_own_image_and_stop_at(exported, tmp_path):
     assert np.asarray(Image.open(out / "sr32" / "images" / "00000.png")).shape == (32, 48, 3)
     only_base = _sample(tmp_path / "base", f"cascade={exported}", "stop_at=base16")
     assert json.loads((only_base / "samples.json").read_text())["stages"] == ["base16"]
+
+
+def test_three_stage_cascade(checkpoints, third_stage, tmp_path):
+    cascade = Cascade.from_checkpoints([*checkpoints, third_stage])
+    assert cascade.names == ["base16", "sr32", "sr64"]
+    out = Cascade.load(cascade.save(tmp_path / "c3")).sample(["a red circle"], seed=1)
+    assert [tuple(x.shape) for x in out.values()] == [(1, 3, 16, 16), (1, 3, 32, 32), (1, 3, 64, 64)]
+    assert all(torch.equal(out[n], x) for n, x in cascade.sample(["a red circle"], seed=1).items())
+    middle = cascade.sample(["a red circle"], seed=1, start_at="sr32", stop_at="sr32", lowres=out["base16"])
+    assert list(middle) == ["sr32"] and torch.equal(middle["sr32"], out["sr32"])
 
 
 @pytest.mark.parametrize(
