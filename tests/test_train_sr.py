@@ -99,3 +99,11 @@ def test_paper_scale_sr_configs_compose(tmp_path, experiment, scale, fully_convo
     assert isinstance(stage, SRStage) and stage.scale == scale and stage.fully_convolutional == fully_convolutional
     if fully_convolutional:  # trained on 64->256 crops (Imagen App. F)
         assert cfg.data.crop_size == 256 and cfg.data.crop_size // scale == 64
+
+
+def test_noise_augmentation_ablation_config(tmp_path):
+    cfg = compose_config("train", tmp_path, ["experiment=quickstart_sr64_noaug"])
+    assert cfg.stage.noise_aug is False and cfg.stage.sampling.aug_level == 0.0
+    assert cfg.data.crop_size == 32 and cfg.stage.fully_convolutional and cfg.trainer.max_steps == 2000
+    quickstart = compose_config("train", tmp_path, ["experiment=quickstart_sr64"])
+    assert quickstart.stage.noise_aug is True and quickstart.stage.sampling.aug_level == 0.3  # the paper's default
