@@ -25,13 +25,23 @@ def build_stage(cfg: DictConfig, text_dim: int, deferred: bool = False) -> BaseS
     return instantiate(cfg.stage, unet=unet, diffusion=diffusion)
 
 
-def load_stage(ckpt_path: str | Path) -> tuple[BaseStage, FrozenTextEncoder, DictConfig]:
-    """Rebuild the stage and its text encoder from a train.py checkpoint, weights included."""
+def read_stage_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
+    """(checkpoint dict, its train.py config) of a plain checkpoint file or a DeepSpeed checkpoint folder."""
     checkpoint = read_deepspeed_checkpoint(ckpt_path) if Path(ckpt_path).is_dir() else read_checkpoint(ckpt_path)
     if CHECKPOINT_CONFIG_KEY not in checkpoint:
         raise ValueError(f"checkpoint {ckpt_path} has no '{CHECKPOINT_CONFIG_KEY}': was it written by train.py?")
-    cfg = OmegaConf.create(checkpoint[CHECKPOINT_CONFIG_KEY])
-    text_encoder = instantiate(cfg.text_encoder)
-    stage = build_stage(cfg, text_encoder.dim)
+    return checkpoint, OmegaConf.create(checkpoint[CHECKPOINT_CONFIG_KEY])
+
+
+def stage_from_checkpoint(checkpoint: dict, cfg: DictConfig, text_dim: int) -> BaseStage:
+    """Rebuild the stage of a read checkpoint, weights included, in eval mode."""
+    stage = build_stage(cfg, text_dim)
     stage.load_state_dict(checkpoint["state_dict"])
-    return stage.eval(), text_encoder, cfg
+    return stage.eval()
+
+
+def load_stage(ckpt_path: str | Path) -> tuple[BaseStage, FrozenTextEncoder, DictConfig]:
+    """Rebuild the stage and its text encoder from a train.py checkpoint, weights included."""
+    checkpoint, cfg = read_stage_checkpoint(ckpt_path)
+    text_encoder = instantiate(cfg.text_encoder)
+    return stage_from_checkpoint(checkpoint, cfg, text_encoder.dim), text_encoder, cfg

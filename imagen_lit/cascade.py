@@ -78,15 +78,20 @@ class Cascade:
     # ---- building -------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path]) -> Cascade:
-        """Load one train.py checkpoint per stage, base first (Imagen Fig. A.4)."""
-        from imagen_lit.build import load_stage
+        """Load one train.py checkpoint per stage, base first (Imagen Fig. A.4); the text encoder is built once."""
+        from imagen_lit.build import read_stage_checkpoint, stage_from_checkpoint
 
         if not paths:
             raise ValueError("no stage checkpoints given: pass the base stage's first, then each SR stage's")
-        loaded = [load_stage(p) for p in paths]
-        configs = [stage_config(cfg) for _, _, cfg in loaded]
-        check_same_encoder(configs, [str(p) for p in paths])
-        return cls([s for s, _, _ in loaded], configs, loaded[0][1])
+        stages, configs, text_encoder = [], [], None
+        for path in paths:  # one checkpoint in memory at a time
+            checkpoint, cfg = read_stage_checkpoint(path)
+            configs.append(stage_config(cfg))
+            check_same_encoder(configs, [str(p) for p in paths[: len(configs)]])  # before building on a wrong width
+            text_encoder = text_encoder or instantiate(cfg.text_encoder)
+            stages.append(stage_from_checkpoint(checkpoint, cfg, text_encoder.dim))
+            del checkpoint
+        return cls(stages, configs, text_encoder)
 
     @classmethod
     def load(cls, folder: str | Path) -> Cascade:

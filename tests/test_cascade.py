@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from imagen_lit.cascade import CASCADE_FILE, WEIGHTS_FILE, Cascade
+from imagen_lit.stages.callbacks import CHECKPOINT_CONFIG_KEY
 from sample import sample
 from tests.conftest import TINY, compose_config
 from tests.test_train_sr import SR_TINY
@@ -177,6 +178,11 @@ def test_stages_with_different_text_encoders(exported, checkpoints, tmp_path):
     OmegaConf.save(cfg, broken / "sr32" / "config.yaml")
     with pytest.raises(ValueError, match="stage sr32 was trained with text encoder"):
         Cascade.load(broken)
+    checkpoint = torch.load(checkpoints[1], map_location="cpu", weights_only=True)
+    checkpoint[CHECKPOINT_CONFIG_KEY]["text_encoder"]["num_layers"] = 2
+    torch.save(checkpoint, tmp_path / "other_encoder.ckpt")
+    with pytest.raises(ValueError, match=r"different text encoders.*differ in \['num_layers'\]"):
+        Cascade.from_checkpoints([checkpoints[0], tmp_path / "other_encoder.ckpt"])
     cascade = Cascade.from_checkpoints(checkpoints)
     cascade.configs[1].text_encoder.num_layers = 2
     with pytest.raises(ValueError, match=r"different text encoders.*differ in \['num_layers'\]"):
