@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from imagen_lit.build import load_stage
 from imagen_lit.diffusion import check_sampling_options
 from imagen_lit.eval.drawbench import drawbench_prompts
-from imagen_lit.images import make_grid, save_png
+from imagen_lit.images import make_grid, read_png, save_png
 from imagen_lit.stages.base import DEFAULT_SAMPLING
 from imagen_lit.sweep import METRICS_FILE, register_resolvers, run_task
 
@@ -102,11 +102,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def save_images(images: torch.Tensor, jobs: list[tuple[str, int]], out_dir: Path, folder: Path, nrow: int
+                ) -> list[dict[str, Any]]:
+    """<folder>/images/<n>.png per image and <folder>/grid.png; records (file relative to out_dir, prompt, index)."""
+    records = []
+    for idx, ((prompt, i), image) in enumerate(zip(jobs, images, strict=True)):
+        path = save_png(image, folder / "images" / f"{idx:05d}.png")
+        records.append({"file": str(path.relative_to(out_dir)), "prompt": prompt, "index": i})
+    save_png(make_grid(images, nrow=nrow), folder / "grid.png")
+    return records
+
+
 def read_lowres_images(paths: str | list[str], count: int) -> torch.Tensor:
     """[count, 3, h, w] in [-1, 1] from one PNG (used for every image) or one PNG per image."""
-    import numpy as np
-    from PIL import Image
-
     files = [paths] if isinstance(paths, str) else [str(p) for p in paths]
     if len(files) not in (1, count):
         raise ValueError(f"lowres_image: give one image or one per sampled image ({count}), got {len(files)}")
@@ -114,12 +122,7 @@ def read_lowres_images(paths: str | list[str], count: int) -> torch.Tensor:
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"lowres_image not found: {f}")
-        with Image.open(f) as im:
-            if im.mode not in ("RGB", "P"):
-                raise ValueError(f"lowres_image {f} is {im.mode} ({len(im.getbands())} channels): the cascade takes "
-                                 f"RGB images (3 channels)")
-            pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (h, w, 3)
-        images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0))  # (3, h, w)
+        images.append(read_png(f))  # (3, h, w)
     if len({tuple(i.shape) for i in images}) > 1:
         raise ValueError(f"lowres_image files differ in size: {[tuple(i.shape[-2:]) for i in images]}")
     stacked = torch.stack(images)  # (n, 3, h, w)
@@ -171,21 +174,15 @@ def sample_cascade(cfg: DictConfig) -> Path:
             outputs.setdefault(name, []).append(images)
     bar.close()
     out_dir = Path(cfg.output_dir)
-    records: dict[str, list[dict[str, Any]]] = {}
-    for name, chunks in outputs.items():
-        images_t = torch.cat(chunks)
-        records[name] = []
-        for idx, ((prompt, i), image) in enumerate(zip(jobs, images_t, strict=True)):
-            path = save_png(image, out_dir / name / "images" / f"{idx:05d}.png")
-            records[name].append({"file": str(path.relative_to(out_dir)), "prompt": prompt, "index": i})
-        save_png(make_grid(images_t, nrow=cfg.num_images), out_dir / name / "grid.png")
+    records = {name: save_images(torch.cat(chunks), jobs, out_dir, out_dir / name, cfg.num_images)
+               for name, chunks in outputs.items()}
     last = list(outputs)[-1]
     save_png(make_grid(torch.cat(outputs[last]), nrow=cfg.num_images), out_dir / "grid.png")
     meta: dict[str, Any] = {
         "cascade": str(cfg.cascade) if cfg.get("cascade") else [str(p) for p in cfg.stages],
         "stages": list(outputs), "seed": cfg.seed, "use_ema": cfg.use_ema, "num_images": cfg.num_images,
         "lowres_image": cfg.get("lowres_image"),
-        "sampling": {n: {**cascade.stages[cascade.names.index(n)].sampling, **per_stage.get(n, {})} for n in outputs},
+        "sampling": {n: {**cascade.stages[cascade.names.index(n)].sampling, **per_stage[n]} for n in outputs},
         "images": records,
     }
     (out_dir / "samples.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -228,11 +225,9 @@ def sample(cfg: DictConfig) -> Path | dict[str, Any]:
     bar.close()
     images_t = torch.cat(images)
     categories = [c for _, c in prompts for _ in range(cfg.num_images)]
-    records = []
-    for idx, ((prompt, i), category, image) in enumerate(zip(jobs, categories, images_t, strict=True)):
-        path = save_png(image, out_dir / "images" / f"{idx:05d}.png")
-        records.append({"file": str(path.relative_to(out_dir)), "prompt": prompt, "index": i, "category": category})
-    save_png(make_grid(images_t, nrow=cfg.num_images), out_dir / "grid.png")
+    records = save_images(images_t, jobs, out_dir, out_dir, cfg.num_images)
+    for record, category in zip(records, categories, strict=True):
+        record["category"] = category
     for category in dict.fromkeys(c for c in categories if c is not None):  # DrawBench: one grid per category
         chosen = torch.tensor([c == category for c in categories])
         name = re.sub(r"[^A-Za-z0-9]+", "_", category).strip("_")

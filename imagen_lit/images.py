@@ -36,6 +36,15 @@ def save_png(image: Tensor, path: str | Path) -> Path:
     return path
 
 
+def read_png(path: str | Path) -> Tensor:
+    """An RGB (or palette) image file -> [3, H, W] in [-1, 1], the inverse of save_png; ValueError otherwise."""
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "P"):
+            raise ValueError(f"{path} is {im.mode} ({len(im.getbands())} channels): RGB images (3 channels) only")
+        pixels = torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8))  # (H, W, 3)
+    return rearrange(pixels, "h w c -> c h w").float().div(127.5).sub(1.0)
+
+
 def split_grid(grid: np.ndarray, count: int, image_size: int, nrow: int, pad: int = 2) -> np.ndarray:
     """Inverse of make_grid on a saved uint8 grid [H', W', 3] -> the first `count` tiles [B, H, W, 3]."""
     side = image_size + 2 * pad
