@@ -11,24 +11,30 @@ from imagen_lit.diffusion.schedules import LogSNRSchedule
 from imagen_lit.diffusion.thresholding import check_thresholding, threshold_x0
 
 PREDICTIONS = ("eps", "v", "x0")
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
 def check_sampling_options(
-    sampler: str = "ddpm",
+    sampler: str | None = None,
     steps: int = 50,
     guidance_weight: float = 1.0,
     thresholding: str = "dynamic",
     percentile: float = 0.995,
     eta: float = 0.0,
 ) -> None:
-    """Validate sampling settings before any work is done; ValueError that says what is allowed."""
-    get_sampler(sampler)
+    """Validate sampling settings before any work is done (sampler None: only the other keys are given);
+    ValueError that says what is allowed."""
+    if sampler is not None:
+        get_sampler(sampler)
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps} (an integer number of sampling steps)")
     check_guidance_weight(guidance_weight)
     check_thresholding(thresholding, percentile)
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = ancestral variance), got {eta}")
+    if eta != 0 and sampler not in (None, "ddim"):
+        raise ValueError(f"eta={eta} has no meaning for sampler {sampler!r} (ddpm is ancestral, dpmpp_2m deterministic): "
+                         f"use sampler=ddim or leave eta at 0")
 
 
 def _expand(coef: Tensor, like: Tensor) -> Tensor:
@@ -48,14 +54,40 @@ class GaussianDiffusion:
     names what the network regresses: eps, v or x0.
     """
 
-    def __init__(self, schedule: LogSNRSchedule, prediction: str = "eps"):
+    def __init__(
+        self, schedule: LogSNRSchedule, prediction: str = "eps", loss_weighting: str = "none", min_snr_gamma: float = 5.0
+    ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {loss_weighting!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}")
+        if min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
         self.schedule = schedule
         self.prediction = prediction
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = min_snr_gamma
 
     def __repr__(self) -> str:
-        return f"GaussianDiffusion(schedule={self.schedule!r}, prediction={self.prediction!r})"
+        return (f"GaussianDiffusion(schedule={self.schedule!r}, prediction={self.prediction!r}, "
+                f"loss_weighting={self.loss_weighting!r})")
+
+    def loss_weight(self, t: Tensor) -> Tensor:
+        """Per-sample weight [B] of the target's MSE; min_snr: the x0-MSE weight min(SNR, gamma) (Hang et al. 2023).
+
+        In x0 terms eps-MSE weighs SNR and v-MSE weighs SNR + 1, so the target's MSE is scaled by
+        min(SNR, gamma) / SNR, / (SNR + 1) or / 1: the noisiest levels, where layout is decided, keep full
+        weight and nearly clean levels stop dominating the gradient.
+        """
+        if self.loss_weighting == "none":
+            return torch.ones_like(t, dtype=torch.float32)
+        snr = torch.exp(self.schedule.log_snr(t).float())
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        if self.prediction == "eps":
+            return clipped / snr
+        if self.prediction == "v":
+            return clipped / (snr + 1)
+        return clipped
 
     def _alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sigma = self.schedule.alpha_sigma(t.to(like.device))
@@ -101,7 +133,7 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
         **model_kwargs,
     ) -> tuple[Tensor, Tensor]:
-        """Per-sample MSE of output vs target (Imagen Sec. 2 Eq. 1); returns (loss [B] float32, t [B])."""
+        """Per-sample (weighted) MSE of output vs target (Imagen Sec. 2 Eq. 1); returns (loss [B] float32, t [B])."""
         if t is None:
             t = self.sample_t(x0.shape[0], generator=generator, device=x0.device)
         if noise is None:
@@ -112,7 +144,7 @@ class GaussianDiffusion:
         if out.shape != x0.shape:
             raise ValueError(f"model output shape {tuple(out.shape)} must equal x0's {tuple(x0.shape)}")
         err = (out.float() - self.target(x0, noise, t).float()) ** 2
-        return err.reshape(x0.shape[0], -1).mean(dim=1), t  # (B,)
+        return err.reshape(x0.shape[0], -1).mean(dim=1) * self.loss_weight(t).to(err.device), t  # (B,)
 
     def make_denoiser(
         self,

@@ -29,21 +29,26 @@ class LogSNRSchedule:
 class CosineSchedule(LogSNRSchedule):
     """Cosine schedule (Nichol & Dhariwal 2021) in continuous form: log_snr = -2 log tan(a t + b)."""
 
-    def __init__(self, logsnr_min: float = -20.0, logsnr_max: float = 20.0):
+    def __init__(self, logsnr_min: float = -20.0, logsnr_max: float = 20.0, shift: float = 0.0):
         if not logsnr_min < logsnr_max:
             raise ValueError(f"need logsnr_min < logsnr_max, got {logsnr_min} and {logsnr_max}")
         self.logsnr_min = logsnr_min
         self.logsnr_max = logsnr_max
+        self.shift = shift
         # tan(b) = exp(-logsnr_max / 2) puts logsnr_max at t = 0; a stretches t = 1 onto logsnr_min.
         self.b = math.atan(math.exp(-0.5 * logsnr_max))
         self.a = math.atan(math.exp(-0.5 * logsnr_min)) - self.b
 
     def log_snr(self, t: Tensor) -> Tensor:
-        """Nichol & Dhariwal 2021 cosine schedule, log-SNR form (VDM, Kingma et al. 2021 App. B)."""
-        return -2.0 * torch.log(torch.tan(self.a * t.float() + self.b))
+        """Nichol & Dhariwal 2021 cosine schedule, log-SNR form (VDM, Kingma et al. 2021 App. B), plus `shift`.
+
+        shift = 2 log(ref / resolution) is Hoogeboom et al. 2023's resolution shift (simple diffusion Sec. 3.1):
+        negative for images larger than the reference (more noise), positive for smaller ones.
+        """
+        return -2.0 * torch.log(torch.tan(self.a * t.float() + self.b)) + self.shift
 
     def __repr__(self) -> str:
-        return f"CosineSchedule(logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max})"
+        return f"CosineSchedule(logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max}, shift={self.shift})"
 
 
 class LinearSchedule(LogSNRSchedule):

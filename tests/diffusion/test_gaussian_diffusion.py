@@ -125,6 +125,8 @@ class CountingNet:
         ({"thresholding": "clip"}, "unknown thresholding mode 'clip'; choose one of none, static, dynamic"),
         ({"percentile": 1.5}, r"percentile must be in \(0, 1\]"),
         ({"sampler": "ddim", "eta": -1.0}, "eta must be >= 0"),
+        ({"sampler": "ddpm", "eta": 0.5}, "eta=0.5 has no meaning for sampler 'ddpm'"),
+        ({"sampler": "dpmpp_2m", "eta": 1.0}, "eta=1.0 has no meaning for sampler 'dpmpp_2m'"),
     ],
 )
 def test_sample_rejects_bad_input_before_any_work(kwargs, message):
@@ -152,7 +154,7 @@ def test_sample_shape_dtype_seed_and_callback(sampler):
             guidance_weight=3.0,
             sampler=sampler,
             steps=4,
-            eta=1.0,
+            eta=1.0 if sampler == "ddim" else 0.0,  # eta is DDIM's knob only
             generator=torch.Generator().manual_seed(1),
             callback=callback,
         )
@@ -194,7 +196,7 @@ def test_cuda_with_cpu_or_cuda_generator(generator_device):
             guidance_weight=2.0,
             sampler=sampler,
             steps=3,
-            eta=1.0,
+            eta=1.0 if sampler == "ddim" else 0.0,  # eta is DDIM's knob only
             generator=torch.Generator(generator_device),
         )
         assert out.device.type == "cuda" and out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

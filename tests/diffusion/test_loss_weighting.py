@@ -1,0 +1,51 @@
+"""Loss weighting (min-SNR-gamma, Hang et al. 2023) and the resolution shift of the cosine schedule."""
+
+import math
+
+import pytest
+import torch
+
+from imagen_lit.diffusion import CosineSchedule, GaussianDiffusion
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_loss_is_clipped_snr_times_x0_error(prediction):
+    """Whatever the target, the weighted loss is min(SNR, gamma) * ||x0_hat - x0||^2 (Hang et al. 2023 Eq. 6)."""
+    gamma = 5.0
+    diffusion = GaussianDiffusion(CosineSchedule(), prediction, loss_weighting="min_snr", min_snr_gamma=gamma)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 3, 4, 4, generator=g), torch.randn(6, 3, 4, 4, generator=g)
+    t = torch.tensor([0.02, 0.1, 0.3, 0.5, 0.8, 0.99])
+    out = torch.randn(6, 3, 4, 4, generator=g)
+    losses, _ = diffusion.training_loss(lambda x_t, t: out, x0, t=t, noise=noise)
+    x_t = diffusion.q_sample(x0, t, noise)
+    x0_hat, _ = diffusion.to_x0_eps(out, x_t, t)
+    snr = torch.exp(diffusion.schedule.log_snr(t))
+    expected = snr.clamp(max=gamma) * ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(losses, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_no_weighting_is_plain_mse():
+    diffusion = GaussianDiffusion(CosineSchedule(), "v")
+    x0, noise, out = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    t = torch.tensor([0.5, 0.5])
+    losses, _ = diffusion.training_loss(lambda x_t, t: out, x0, t=t, noise=noise)
+    _, sigma = diffusion.schedule.alpha_sigma(t)
+    torch.testing.assert_close(losses, sigma**2)  # v = alpha * 0 - sigma * 1
+
+
+def test_bad_weighting_is_one_line():
+    with pytest.raises(ValueError, match="loss_weighting"):
+        GaussianDiffusion(CosineSchedule(), loss_weighting="snr+1")
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        GaussianDiffusion(CosineSchedule(), loss_weighting="min_snr", min_snr_gamma=0)
+
+
+def test_cosine_shift_adds_to_log_snr_and_keeps_variance_preserving():
+    t = torch.linspace(0.05, 0.95, 7)
+    shift = 2 * math.log(64 / 32)  # simple diffusion: a 32px model against the 64px reference
+    base, shifted = CosineSchedule(), CosineSchedule(shift=shift)
+    torch.testing.assert_close(shifted.log_snr(t), base.log_snr(t) + shift)
+    alpha, sigma = shifted.alpha_sigma(t)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(t))
+    assert (alpha > base.alpha_sigma(t)[0]).all()  # a positive shift means less noise at every t
