@@ -34,9 +34,13 @@ def safe_dirname(name: str, limit: int = MAX_DIRNAME) -> str:
 
 
 def register_resolvers() -> None:
-    """${safe_dirname:...} for Hydra configs (used by hydra.sweep.subdir)."""
+    """${safe_dirname:...} for Hydra configs (used by hydra.sweep.subdir); ${cpu_precision:} for trainer=cpu."""
+    from imagen_lit.precision import auto_cpu_precision
+
     if not OmegaConf.has_resolver("safe_dirname"):
         OmegaConf.register_new_resolver("safe_dirname", safe_dirname)
+    if not OmegaConf.has_resolver("cpu_precision"):
+        OmegaConf.register_new_resolver("cpu_precision", auto_cpu_precision)
 
 
 def record_failure(output_dir: str | Path, err: BaseException) -> Path:
