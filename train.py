@@ -19,7 +19,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from imagen_lit.build import build_stage
+from imagen_lit.precision import describe_precision
 from imagen_lit.stages.callbacks import SaveRunConfig
+from imagen_lit.stages.console import console_callbacks, quiet_library_notices
 from imagen_lit.sweep import register_resolvers, run_task
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ FINAL_LOSS = "hp/final_loss"
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build encoder, data, stage and trainer from cfg, fit, and return the final logged metrics."""
+    quiet_library_notices()
     L.seed_everything(cfg.seed, workers=True)
     text_encoder = instantiate(cfg.text_encoder)
     datamodule = instantiate(cfg.data, text_encoder=text_encoder)
@@ -35,6 +38,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(SaveRunConfig(run_config))
+    callbacks += console_callbacks(cfg.trainer)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
@@ -42,6 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(_flatten(run_config), metrics={FINAL_LOSS: float("nan")})
         if hasattr(logger.experiment, "add_text"):
             logger.experiment.add_text("config", "```\n" + OmegaConf.to_yaml(run_config) + "```")
+    log.info(describe_precision(str(trainer.precision), cfg.trainer.get("accelerator", "auto")))
     log.info("training %s for %s steps", cfg.unet._target_, cfg.trainer.get("max_steps"))
     trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

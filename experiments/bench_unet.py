@@ -90,6 +90,8 @@ def _run(spec: dict, queue: mp.Queue) -> None:
     params = sum(p.numel() for p in unet.parameters())
     fmt = torch.channels_last if spec["channels_last"] else torch.contiguous_format
     unet = unet.to(device).to(memory_format=fmt).train()
+    if spec["compile"]:
+        unet.compile()  # in place: the warmup iterations include the compilation
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     args, kw = _inputs(batch, res, text_dim, device, getattr(unet, "lowres_cond", False))
     args = (args[0].contiguous(memory_format=fmt), *args[1:])
@@ -131,6 +133,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     parser.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--channels-last", nargs="+", default=["on"], choices=["off", "on"])
+    parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"], help="torch.compile the U-Net")
     parser.add_argument("--text-dim", type=int, default=384, help="384: MiniLM; 4096: T5-XXL")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=2)
@@ -145,22 +148,23 @@ def main() -> None:
     for config in args.configs:
         gflop = flops_per_image(build_unet(config, args.resolution, args.text_dim, False), args.batch,
                                 args.resolution, args.text_dim) / 1e9
-        for precision, ckpt, cl in itertools.product(args.precision, args.checkpointing, args.channels_last):
+        for precision, ckpt, cl, comp in itertools.product(args.precision, args.checkpointing, args.channels_last,
+                                                           args.compile):
             spec = {"config": config, "resolution": args.resolution, "batch": args.batch, "text_dim": args.text_dim,
                     "precision": precision, "checkpointing": ckpt == "on", "channels_last": cl == "on",
-                    "device": args.device, "warmup": args.warmup, "iters": args.iters}
+                    "compile": comp == "on", "device": args.device, "warmup": args.warmup, "iters": args.iters}
             r = measure(spec)
             achieved = r["img_per_s"] * gflop * 1e9
             row = {**spec, **r, "gflop_per_img": gflop, "achieved_gflops": achieved / 1e9,
                    "frac_fp32_peak": achieved / peaks["fp32"], "frac_bf16_peak": achieved / peaks["bf16"]}
             rows.append(row)
-            print(f"{config:14s} {precision} ckpt={ckpt:3s} channels_last={cl:3s} params={r['params'] / 1e6:7.1f}M "
+            print(f"{config:14s} {precision} ckpt={ckpt:3s} channels_last={cl:3s} compile={comp:3s} params={r['params'] / 1e6:7.1f}M "
                   f"GFLOP/img={gflop:7.2f} img/s={r['img_per_s']:8.2f} achieved={achieved / 1e9:8.1f} GFLOP/s "
                   f"({achieved / peaks['fp32']:.0%} of fp32 peak, {achieved / peaks['bf16']:.0%} of bf16 peak) "
                   f"peak_mem={r['peak_mem_gib']:.2f} GiB")
     for precision in args.precision:
         speed = {r["config"]: r["img_per_s"] for r in rows
-                 if r["precision"] == precision and not r["checkpointing"] and r["channels_last"]}
+                 if r["precision"] == precision and not r["checkpointing"] and r["channels_last"] and not r["compile"]}
         if len(speed) >= 2:
             first, *others = list(speed)
             for other in others:

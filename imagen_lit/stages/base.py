@@ -14,10 +14,12 @@ from torch import Tensor, nn
 
 from imagen_lit.diffusion import GaussianDiffusion
 from imagen_lit.models.ema import EMA, ShardedEMA, is_zero3_partitioned
+from imagen_lit.stages.console import expect_eval_modules
 from imagen_lit.zero_checkpoint import DEEPSPEED_EMA_KEY
 
 RNG_STATES_KEY = "rng_states"
 NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
+FP32_INPUTS = ("aug_level",)  # noise levels, kept fp32 like t whatever the weights' dtype
 
 
 def rng_states() -> dict[str, Tensor]:
@@ -64,6 +66,7 @@ class BaseStage(L.LightningModule):
         cond_drop_prob: float = 0.1,
         channels_last: bool = False,
         sampling: dict[str, Any] | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         if not 0.0 <= cond_drop_prob <= 1.0:
@@ -77,6 +80,7 @@ class BaseStage(L.LightningModule):
         self.ema_decay = ema_decay
         self.cond_drop_prob = cond_drop_prob
         self.channels_last = channels_last
+        self.compile_unet = compile
         self.sampling = {**self.default_sampling, **self.checked_sampling(sampling or {})}
         self.skipped_samples = 0
         self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
@@ -101,6 +105,8 @@ class BaseStage(L.LightningModule):
     def _attach_unet(self, unet: nn.Module) -> None:
         self.unet = unet.to(memory_format=torch.channels_last) if self.channels_last else unet
         self.ema = None if self._under_deepspeed() else EMA(self.unet, decay=self.ema_decay)
+        if self.compile_unet:  # in place (state-dict keys unchanged), after the EMA copy: sampling stays eager
+            self.unet.compile()
 
     def configure_model(self) -> None:
         """Build the U-Net from its factory under the strategy's init context (sharded under ZeRO-3)."""
@@ -112,6 +118,8 @@ class BaseStage(L.LightningModule):
             self.ema = None
 
     def on_fit_start(self) -> None:
+        if self.ema is not None:
+            expect_eval_modules(len(list(self.ema.module.modules())))
         if self.trainer.world_size > 1 and self._pending_rng_states is None:
             # seed_everything gives every rank the same seed: without an offset all ranks would draw the same t and
             # noise each step, and the global batch would hold world_size copies of one noise draw.
@@ -128,12 +136,17 @@ class BaseStage(L.LightningModule):
         object.__setattr__(self, "_deepspeed_ema", ema)  # bypass nn.Module registration on purpose
 
     def _net_fn(self, net: nn.Module) -> Callable[..., Tensor]:
-        """The network with its floating inputs cast to its weight dtype (bf16 under DeepSpeed) and fp32 output."""
+        """The network with its floating inputs cast to its weight dtype (bf16 under DeepSpeed) and fp32 output.
+
+        The noise levels t and aug_level stay fp32 into the sinusoidal embedding: in bf16, t = 0.999 rounds to 1.0
+        and the log-SNR it stands for moves from -12.9 to -20.
+        """
         dtype = next(net.parameters()).dtype
 
         def fn(x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
-            kwargs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
-            return net(x.to(dtype), t.to(dtype), **kwargs).float()
+            kwargs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and k not in FP32_INPUTS else v
+                      for k, v in kwargs.items()}
+            return net(x.to(dtype), t.float(), **kwargs).float()
 
         return fn
 

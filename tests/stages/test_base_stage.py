@@ -71,3 +71,44 @@ def test_misspelled_sampling_option_in_the_config_fails_at_construction():
                 attn_resolutions=(4,), head_dim=8)
     with pytest.raises(ValueError, match=r"unknown sampling options \['guidance'\]"):
         BaseStage(unet, GaussianDiffusion(CosineSchedule()), optimizer=torch.optim.AdamW, sampling={"guidance": 3})
+
+
+def test_noise_levels_reach_a_bf16_network_in_fp32():
+    """t = 0.999 in bf16 is 1.0 (log-SNR -12.9 -> -20): t and aug_level must not be cast with the weights."""
+    seen = {}
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1, dtype=torch.bfloat16))
+
+        def forward(self, x, t, text_embeds=None, aug_level=None):
+            seen.update(x=x.dtype, t=t, text=text_embeds.dtype, aug=aug_level)
+            return x
+
+    fn = make_stage()._net_fn(Spy())
+    t = torch.tensor([0.999, 0.0001])
+    fn(torch.zeros(2, 3, 2, 2), t, text_embeds=torch.zeros(2, 1, 4), aug_level=torch.tensor([0.999, 0.3]))
+    assert seen["x"] == seen["text"] == torch.bfloat16
+    assert seen["t"].dtype == seen["aug"].dtype == torch.float32
+    assert torch.equal(seen["t"], t) and seen["aug"][0].item() == pytest.approx(0.999, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_compiled_unet_gives_the_eager_loss():
+    """stage.compile=true compiles the training U-Net in place: same loss, same state-dict keys, eager EMA."""
+    batch = {"images": torch.rand(4, 3, 8, 8) * 2 - 1, "text_embeds": torch.randn(4, 3, 12),
+             "text_mask": torch.ones(4, 3, dtype=torch.bool)}
+    losses = []
+    for compiled in (False, True):
+        stage = make_stage(cond_drop_prob=0.0)
+        if compiled:
+            stage.unet.compile()
+        torch.manual_seed(1)
+        losses.append(stage.training_step(batch, 0).detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    unet = UNet(image_size=8, text_dim=12, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                attn_resolutions=(4,), head_dim=8)
+    stage = BaseStage(unet, GaussianDiffusion(CosineSchedule()), optimizer=torch.optim.AdamW, compile=True)
+    assert not any(k.startswith("_orig_mod") for k in stage.state_dict())
+    assert stage.unet._compiled_call_impl is not None and stage.ema.module._compiled_call_impl is None
