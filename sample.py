@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from imagen_lit.build import load_stage
+from imagen_lit.build import load_stage, read_stage_checkpoint
 from imagen_lit.diffusion import check_sampling_options
 from imagen_lit.eval.drawbench import drawbench_prompts
 from imagen_lit.images import make_grid, read_png, save_png
@@ -190,19 +190,32 @@ def sample_cascade(cfg: DictConfig) -> Path:
     return out_dir
 
 
+def sample_sr_checkpoint(cfg: DictConfig) -> Path:
+    """ckpt_path of a super-resolution stage: it super-resolves lowres_image, as a one-stage cascade."""
+    if cfg.get("evaluate") or not cfg.get("lowres_image"):
+        raise ValueError(f"{cfg.ckpt_path} is a super-resolution stage: pass lowres_image=<png> to super-resolve an "
+                         f"image, or stages=[<base>.ckpt,{cfg.ckpt_path}] to sample (or evaluate) the cascade")
+    cfg = cfg.copy()
+    cfg.stages, cfg.ckpt_path = [cfg.ckpt_path], None
+    return sample_cascade(cfg)
+
+
 def sample(cfg: DictConfig) -> Path | dict[str, Any]:
     """Generate cfg.num_images per prompt and return the output folder; with evaluate=true, evaluate instead."""
     if cfg.get("cascade") or cfg.get("stages"):
         return sample_cascade(cfg)
     if cfg.get("ckpt_path") is None:
         raise ValueError("nothing to sample: pass ckpt_path=<checkpoint>, cascade=<folder> or stages=[<ckpt>, ...]")
-    if cfg.get("evaluate"):
-        return evaluate(cfg)
-    prompts = read_prompts(cfg)
-    if cfg.num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")
     overrides = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}
     check_sampling_options(**overrides)  # fail before loading anything
+    if not cfg.get("evaluate"):
+        prompts = read_prompts(cfg)
+        if cfg.num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")
+    if read_stage_checkpoint(cfg.ckpt_path)[1].unet.get("lowres_cond"):
+        return sample_sr_checkpoint(cfg)
+    if cfg.get("evaluate"):
+        return evaluate(cfg)
     stage, text_encoder, _ = load_stage(cfg.ckpt_path)
     device = resolve_device(cfg.get("device", "auto"))
     stage.to(device)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 
@@ -38,7 +38,11 @@ def save_png(image: Tensor, path: str | Path) -> Path:
 
 def read_png(path: str | Path) -> Tensor:
     """An RGB (or palette) image file -> [3, H, W] in [-1, 1], the inverse of save_png; ValueError otherwise."""
-    with Image.open(path) as im:
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file PIL can read: pass an RGB PNG or JPEG") from None
+    with im:
         if im.mode not in ("RGB", "P"):
             raise ValueError(f"{path} is {im.mode} ({len(im.getbands())} channels): RGB images (3 channels) only")
         pixels = torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8))  # (H, W, 3)

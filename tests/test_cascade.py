@@ -197,3 +197,19 @@ def test_sr_stage_cannot_come_first_after_a_mismatched_size(checkpoints):
     sr.stages[0].fully_convolutional = False  # a whole-image SR stage takes exactly its lowres_size
     with pytest.raises(ValueError, match="upsamples 16x16 images but a makes 32x32"):
         Cascade([sr.stages[0], sr.stages[0]], sr.configs * 2, sr.text_encoder, ["a", "b"])
+
+
+def test_sample_py_with_an_sr_checkpoint_super_resolves_lowres_image(checkpoints, tmp_path):
+    Image.fromarray(np.full((16, 16, 3), 128, dtype=np.uint8)).save(tmp_path / "low.png")
+    out = _sample(tmp_path / "sr", f"ckpt_path={checkpoints[1]}", f"lowres_image={tmp_path / 'low.png'}", "steps=2")
+    assert np.asarray(Image.open(out / "sr32" / "images" / "00000.png")).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="is a super-resolution stage: pass lowres_image=<png>"):
+        _sample(tmp_path / "none", f"ckpt_path={checkpoints[1]}")
+    with pytest.raises(ValueError, match="is a super-resolution stage"):
+        _sample(tmp_path / "eval", f"ckpt_path={checkpoints[1]}", "evaluate=true")
+
+
+def test_lowres_image_that_is_not_an_image_is_one_line(exported, tmp_path):
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(ValueError, match="is not an image file PIL can read"):
+        _sample(tmp_path / "out", f"cascade={exported}", "start_at=sr32", f"lowres_image={tmp_path / 'notes.png'}")

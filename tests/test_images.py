@@ -19,3 +19,10 @@ def test_read_png_inverts_save_png(tmp_path):
     back = read_png(save_png(image, tmp_path / "x.png"))
     assert back.shape == (3, 5, 7) and (back - image).abs().max() <= 1 / 127.5  # 8-bit quantisation only
     assert torch.equal(read_png(save_png(back, tmp_path / "y.png")), back)  # exact once quantised
+
+
+def test_read_png_of_a_file_that_is_not_an_image_is_one_line(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not a picture")
+    with pytest.raises(ValueError, match="is not an image file PIL can read: pass an RGB PNG or JPEG"):
+        read_png(path)
