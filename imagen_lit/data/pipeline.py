@@ -19,7 +19,7 @@ from webdataset.utils import pytorch_worker_info
 
 from imagen_lit.data.lowres import stack_lowres
 from imagen_lit.data.shards import decode_caption
-from imagen_lit.text.cache import load_embeddings
+from imagen_lit.text.cache import EmbeddingShard
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -69,7 +69,8 @@ class ShardList(IterableDataset):
 
 
 class JoinEmbeddings:
-    """Attach each sample's cached caption embedding; the cache file is loaded once per opened shard."""
+    """Attach each sample's cached caption embedding, read lazily from its shard's cache file (one row at a time,
+    bfloat16), so a worker's memory does not grow with the shard."""
 
     def __init__(self, cache_files: dict[str, str], counter: SkipCounter) -> None:
         self.cache_files, self.counter = cache_files, counter
@@ -96,11 +97,11 @@ class JoinEmbeddings:
                 spec = sample.get("json")
                 yield {"key": key, "url": url, "image": image, "caption": caption,
                        "spec": spec.decode("utf-8", errors="replace") if spec else "",
-                       "embed": embed.clone()}  # (L_i, D); clone so the shard's big tensor can be freed
+                       "embed": embed}  # (L_i, D) bfloat16, its own small tensor
 
-    def _load(self, url: str | None) -> dict[str, torch.Tensor] | None:
+    def _load(self, url: str | None) -> EmbeddingShard | None:
         try:
-            return load_embeddings(self.cache_files[url])
+            return EmbeddingShard(self.cache_files[url])
         except (KeyError, FileNotFoundError, ValueError) as e:
             warnings.warn(f"shard {url}: cannot load its embedding cache, skipping the shard ({e})",
                           stacklevel=2)
@@ -206,7 +207,8 @@ class SkipBatches:
 
 
 def collate(samples: list[dict], n_skipped: int = 0, max_text_length: int | None = None) -> dict:
-    """Stack images and pad text to the longest caption in the batch (zeros, mask False beyond it)."""
+    """Stack images and pad text to the longest caption in the batch (zeros, mask False beyond it); the cached
+    bfloat16 rows become float32 here, in the batch, and nowhere earlier."""
     embeds = [s["embed"][:max_text_length] for s in samples]  # each (L_i, D)
     length, dim = max(e.shape[0] for e in embeds), embeds[0].shape[1]
     text_embeds = torch.zeros(len(samples), length, dim)  # (B, L, D)

@@ -11,14 +11,13 @@ import socket
 import tarfile
 import warnings
 
-import torch
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
 from imagen_lit.data.render import render_scene
 from imagen_lit.data.sources import cache_paths, is_local, shard_name
 from imagen_lit.data.world import Scene, sample_scene
-from imagen_lit.text.cache import read_metadata, save_embeddings
+from imagen_lit.text.cache import read_metadata, write_embeddings
 
 MANIFEST = "manifest.json"
 IMAGE_FORMATS = ("png", "jpg")
@@ -137,28 +136,38 @@ def read_captions(url: str) -> tuple[list[str], list[str], list[str]]:
     return kept, [captions[k] for k in kept], [k for k in keys if not captions[k]]
 
 
-def build_embedding_cache(shard_paths: list[str], text_encoder, cache_dir: str | None = None) -> list[str]:
+def build_embedding_cache(
+    shard_paths: list[str], text_encoder, cache_dir: str | None = None, chunk_size: int = 256
+) -> list[str]:
     """Encode each shard's captions once into its cache file (missing or stale ones only); return the paths.
 
     With cache_dir None each shard's cache goes to <shard dir>/embeds/<cache_key>/<shard name>.safetensors.
     """
+    stale = set(stale_caches(shard_paths, text_encoder.cache_key, cache_dir))
     paths = cache_paths(shard_paths, text_encoder.cache_key, cache_dir)
     for url, path in zip(shard_paths, paths, strict=True):
-        stamp = _shard_stamp(url)
-        if os.path.isfile(path) and _is_current(path, stamp):
+        if url not in stale:
             continue
+        stamp = _shard_stamp(url)
         keys, captions, missing = read_captions(url)
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             warnings.warn(f"shard {url}: {len(missing)} samples have no caption and are skipped: {shown}",
                           stacklevel=2)
-        if captions:  # the encoder batches and pads; save_embeddings trims to the longest caption
-            embeds, mask = text_encoder.encode(captions)  # (N, L, D), (N, L)
-        else:
-            embeds, mask = torch.zeros(0, 1, text_encoder.dim), torch.zeros(0, 1, dtype=torch.bool)
+        # Streamed: the header from the token lengths, then chunk_size captions at a time, so a 10k-caption shard
+        # at T5-XXL never sits in memory whole (10.5 GB in bfloat16, twice that in float32).
+        chunks = (text_encoder.encode(captions[i : i + chunk_size]) for i in range(0, len(captions), chunk_size))
         metadata = {"shard": shard_name(url), "encoder": text_encoder.cache_key, "shard_stamp": stamp}
-        save_embeddings(path, keys, embeds, mask, metadata=metadata)
+        write_embeddings(path, keys, text_encoder.token_lengths(captions) if captions else [], text_encoder.dim,
+                         chunks, metadata=metadata)
     return paths
+
+
+def stale_caches(shard_paths: list[str], cache_key: str, cache_dir: str | None = None) -> list[str]:
+    """The shards whose embedding cache for this encoder is missing or older than the shard."""
+    paths = cache_paths(shard_paths, cache_key, cache_dir)
+    return [url for url, path in zip(shard_paths, paths, strict=True)
+            if not (os.path.isfile(path) and _is_current(path, _shard_stamp(url)))]
 
 
 def _shard_stamp(url: str) -> str:

@@ -5,22 +5,112 @@ One safetensors file per shard holds
     lengths  int32    (N,)           true token count of each row
 and in its metadata the row keys (a JSON list) plus the caller's metadata (e.g. the encoder's cache_key).
 bfloat16, not float16: T5 activations overflow float16's range.
+
+Memory stays bounded whatever the shard's size: `write_embeddings` streams chunks of rows into the file (a LAION
+shard of 10k captions at T5-XXL is 10.5 GB of bfloat16), and `EmbeddingShard` reads one row at a time from the
+memory-mapped file, still in bfloat16; the batch is the first float32 tensor.
 """
 
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
 from imagen_lit.fileio import atomic_write
 
 _FORMAT = "imagen-lit/text-embeddings/v1"
 _RESERVED = ("format", "keys")  # metadata names the cache uses itself
+
+
+def _check_keys(keys: list[str], n: int) -> None:
+    if len(keys) != n:
+        raise ValueError(f"got {len(keys)} keys for {n} embedding rows; they must match")
+    if not all(isinstance(k, str) for k in keys):
+        raise ValueError("keys must all be str")
+    if len(set(keys)) != len(keys):
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate keys in one shard: {duplicates[:5]}; each caption needs a unique key")
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ValueError(f"metadata must map str to str, got {name!r}: {value!r}")
+        if name in _RESERVED:
+            raise ValueError(f"metadata name {name!r} is reserved by the cache; rename it")
+
+
+def _check_chunk(embeds: Tensor, mask: Tensor) -> Tensor:
+    """Validate one (b, L, D) / (b, L) chunk; return its true lengths (b,)."""
+    if embeds.ndim != 3 or mask.ndim != 2 or embeds.shape[:2] != mask.shape:
+        raise ValueError(f"expected embeds (N, L, D) and mask (N, L), got {tuple(embeds.shape)} and "
+                         f"{tuple(mask.shape)}")
+    if not embeds.is_floating_point():
+        raise ValueError(f"embeds must be floating point, got {embeds.dtype}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be torch.bool, got {mask.dtype}; pass mask.bool()")
+    mask = mask.cpu()
+    lengths = mask.sum(dim=1)  # (b,)
+    if not torch.equal(mask, torch.arange(mask.shape[1])[None, :] < lengths[:, None]):
+        raise ValueError("mask rows must be a run of True followed by False (right padding)")
+    return lengths
+
+
+def write_embeddings(
+    path: str | Path,
+    keys: list[str],
+    lengths: list[int],
+    dim: int,
+    chunks: Iterable[tuple[Tensor, Tensor]],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Stream one shard to disk, atomically: `chunks` yields (embeds (b, l, D), mask (b, l)) for the keys in order,
+    whose true lengths must be `lengths`. Only one chunk is in memory at a time (the safetensors header is written
+    first, from the lengths, then each chunk's rows as bfloat16 padded to the longest length)."""
+    path, keys, lengths = Path(path), list(keys), [int(n) for n in lengths]
+    _check_keys(keys, len(lengths))
+    metadata = dict(metadata or {})
+    _check_metadata(metadata)
+    n, longest = len(keys), max(lengths, default=0)
+    embed_bytes = n * longest * dim * 2
+    header = {
+        "__metadata__": {**metadata, "format": _FORMAT, "keys": json.dumps(keys)},
+        "embeds": {"dtype": "BF16", "shape": [n, longest, dim], "data_offsets": [0, embed_bytes]},
+        "lengths": {"dtype": "I32", "shape": [n], "data_offsets": [embed_bytes, embed_bytes + 4 * n]},
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format allows space padding; 8-byte alignment of the data
+
+    def write(f) -> None:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        row = 0
+        for embeds, mask in chunks:
+            chunk_lengths = _check_chunk(embeds, mask)
+            b = embeds.shape[0]
+            if chunk_lengths.tolist() != lengths[row : row + b]:
+                raise ValueError(f"{path}: rows {row}..{row + b - 1} have true lengths {chunk_lengths.tolist()[:8]}, "
+                                 f"expected {lengths[row : row + b][:8]}; tokenize with the encoder that encodes")
+            if embeds.shape[2] != dim:
+                raise ValueError(f"{path}: chunk has width {embeds.shape[2]}, the shard {dim}")
+            padded = torch.zeros(b, longest, dim, dtype=torch.bfloat16)  # (b, L_max, D), padding zeroed
+            width = min(longest, embeds.shape[1])
+            padded[:, :width] = embeds.detach().cpu()[:, :width].masked_fill(~mask.cpu()[:, :width, None], 0.0)
+            if not torch.isfinite(padded).all():
+                raise ValueError(f"embeddings for {path} hold NaN or inf (after the bfloat16 cast); check the "
+                                 f"encoder dtype")
+            f.write(padded.view(torch.int16).numpy().tobytes())  # bf16 bit patterns, little-endian
+            row += b
+        if row != n:
+            raise ValueError(f"{path}: the chunks held {row} rows for {n} keys")
+        f.write(torch.tensor(lengths, dtype=torch.int32).numpy().tobytes())
+
+    atomic_write(path, write)
 
 
 def save_embeddings(
@@ -31,43 +121,9 @@ def save_embeddings(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Write one shard of caption embeddings (B, L, D) with right-padded masks (B, L), atomically."""
-    path = Path(path)
-    keys = list(keys)
-    if embeds.ndim != 3 or mask.ndim != 2 or embeds.shape[:2] != mask.shape:
-        raise ValueError(f"expected embeds (N, L, D) and mask (N, L), got {tuple(embeds.shape)} and "
-                         f"{tuple(mask.shape)}")
-    if not embeds.is_floating_point():
-        raise ValueError(f"embeds must be floating point, got {embeds.dtype}")
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be torch.bool, got {mask.dtype}; pass mask.bool()")
-    if len(keys) != embeds.shape[0]:
-        raise ValueError(f"got {len(keys)} keys for {embeds.shape[0]} embedding rows; they must match")
-    if not all(isinstance(k, str) for k in keys):
-        raise ValueError("keys must all be str")
-    if len(set(keys)) != len(keys):
-        duplicates = sorted({k for k in keys if keys.count(k) > 1})
-        raise ValueError(f"duplicate keys in one shard: {duplicates[:5]}; each caption needs a unique key")
-    metadata = dict(metadata or {})
-    for name, value in metadata.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise ValueError(f"metadata must map str to str, got {name!r}: {value!r}")
-        if name in _RESERVED:
-            raise ValueError(f"metadata name {name!r} is reserved by the cache; rename it")
-
-    mask = mask.cpu()
-    lengths = mask.sum(dim=1)  # (N,)
-    positions = torch.arange(mask.shape[1])
-    if not torch.equal(mask, positions[None, :] < lengths[:, None]):
-        raise ValueError("mask rows must be a run of True followed by False (right padding)")
-    longest = int(lengths.max()) if len(keys) else 0
-    trimmed = embeds.detach().cpu()[:, :longest].masked_fill(~mask[:, :longest, None], 0.0)  # (N, L_max, D)
-    trimmed = trimmed.to(torch.bfloat16).contiguous()
-    if not torch.isfinite(trimmed).all():
-        raise ValueError(f"embeddings for {path} hold NaN or inf (after the bfloat16 cast); check the encoder dtype")
-
-    tensors = {"embeds": trimmed, "lengths": lengths.to(torch.int32)}
-    data = safetensors_save(tensors, metadata={**metadata, "format": _FORMAT, "keys": json.dumps(keys)})
-    atomic_write(path, lambda f: f.write(data))
+    lengths = _check_chunk(embeds, mask)
+    _check_keys(list(keys), embeds.shape[0])
+    write_embeddings(path, list(keys), lengths.tolist(), embeds.shape[2], [(embeds, mask)], metadata)
 
 
 def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, str], dict[str, Tensor]]:
@@ -89,17 +145,43 @@ def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, str], dict[st
     return metadata, tensors
 
 
+class EmbeddingShard:
+    """One cache file, read lazily: `shard[key]` is that caption's bfloat16 (L_i, D) embedding of its true tokens,
+    sliced from the memory-mapped file, so a worker holds the rows it has handed out and nothing more."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        metadata, _ = _read(self.path, with_tensors=False)
+        self.keys: list[str] = json.loads(metadata["keys"])
+        self._file = safe_open(str(self.path), framework="pt")
+        self._embeds = self._file.get_slice("embeds")
+        self._lengths = self._file.get_tensor("lengths").long()  # (N,): 4 bytes a row
+        self._index = {key: i for i, key in enumerate(self.keys)}
+        shape = self._embeds.get_shape()
+        if (len(shape) != 3 or self._lengths.shape != (len(self.keys),) or shape[0] != len(self.keys)
+                or (self.keys and (self._lengths.min() < 0 or self._lengths.max() > shape[1]))):
+            raise ValueError(f"embedding cache {path} is inconsistent: {len(self.keys)} keys, embeds {tuple(shape)}, "
+                             f"lengths {tuple(self._lengths.shape)}; encode the captions again")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def get(self, key: str) -> Tensor | None:
+        """The (L_i, D) bfloat16 row of `key`, or None when the shard has no such caption."""
+        i = self._index.get(key)
+        if i is None:
+            return None
+        return self._embeds[i : i + 1, : int(self._lengths[i])][0]  # (L_i, D)
+
+
 def load_embeddings(path: str | Path) -> dict[str, Tensor]:
-    """Read a shard: key -> float32 (L_i, D) embeddings of the true tokens only (the mask is all ones)."""
-    metadata, tensors = _read(path, with_tensors=True)
-    keys = json.loads(metadata["keys"])
-    embeds, lengths = tensors["embeds"], tensors["lengths"].long()  # (N, L_max, D), (N,)
-    if (embeds.ndim != 3 or lengths.shape != (len(keys),) or embeds.shape[0] != len(keys)
-            or (len(keys) and (lengths.min() < 0 or lengths.max() > embeds.shape[1]))):
-        raise ValueError(f"embedding cache {path} is inconsistent: {len(keys)} keys, embeds "
-                         f"{tuple(embeds.shape)}, lengths {tuple(lengths.shape)}; encode the captions again")
-    embeds = embeds.float()
-    return {key: embeds[i, : int(length)] for i, (key, length) in enumerate(zip(keys, lengths, strict=True))}
+    """Read a whole shard: key -> float32 (L_i, D) embeddings of the true tokens only (for small shards and tests;
+    the training pipeline reads rows lazily through EmbeddingShard)."""
+    shard = EmbeddingShard(path)
+    return {key: shard.get(key).float() for key in shard.keys}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -196,6 +196,11 @@ class FrozenTextEncoder(nn.Module):
             start = end
         return embeds, mask
 
+    def token_lengths(self, captions: list[str]) -> list[int]:
+        """True token count of each caption as encode() masks it (truncated at max_length); tokenizer only."""
+        tokens = self.tokenizer(list(captions), truncation=True, max_length=self.max_length)
+        return [int(sum(m)) for m in tokens["attention_mask"]]
+
     @torch.inference_mode()
     def _encode_batch(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         """One forward pass; returns CPU (b, l, D) float32 embeds with padding zeroed and (b, l) bool mask."""

@@ -41,6 +41,10 @@ class FakeEncoder:
             mask[i, : len(r)] = True
         return embeds, mask
 
+    def token_lengths(self, captions: list[str]) -> list[int]:
+        """What encode() masks as true tokens: one per word."""
+        return [len(c.split()) for c in captions]
+
     def null_condition(self, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Zeros with an all-False mask."""
         return torch.zeros(batch, length, self.dim), torch.zeros(batch, length, dtype=torch.bool)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from imagen_lit.text import FrozenTextEncoder, load_embeddings, save_embeddings
-from imagen_lit.text.cache import read_metadata
+from imagen_lit.text.cache import EmbeddingShard, read_metadata, write_embeddings
 
 
 def _batch(lengths: list[int], padded_to: int, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,3 +116,39 @@ def test_save_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="NaN or inf"):
         save_embeddings(path, ["a", "b"], bad, mask)
     assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_streamed_chunks_write_the_same_file_as_one_batch(tmp_path: Path) -> None:
+    embeds, mask = _batch([3, 5, 1, 0, 2], padded_to=7)
+    save_embeddings(tmp_path / "one.safetensors", list("abcde"), embeds, mask, metadata={"m": "1"})
+    chunks = [(embeds[:2, :5], mask[:2, :5]), (embeds[2:, :3], mask[2:, :3])]  # each chunk padded to its own longest
+    write_embeddings(tmp_path / "two.safetensors", list("abcde"), [3, 5, 1, 0, 2], 8, chunks, metadata={"m": "1"})
+    one, two = load_embeddings(tmp_path / "one.safetensors"), load_embeddings(tmp_path / "two.safetensors")
+    assert list(one) == list(two) and all(torch.equal(one[k], two[k]) for k in one)
+    with safe_open(str(tmp_path / "two.safetensors"), framework="pt") as f:  # a plain safetensors file
+        assert f.get_tensor("embeds").shape == (5, 5, 8) and f.metadata()["m"] == "1"
+
+
+def test_embedding_shard_reads_bf16_rows_lazily(tmp_path: Path) -> None:
+    embeds, mask = _batch([3, 0, 2], padded_to=4)
+    save_embeddings(tmp_path / "s.safetensors", ["x", "y", "z"], embeds, mask)
+    shard = EmbeddingShard(tmp_path / "s.safetensors")
+    assert len(shard) == 3 and "z" in shard and shard.get("missing") is None
+    row = shard.get("x")
+    assert row.dtype == torch.bfloat16 and row.shape == (3, 8)
+    torch.testing.assert_close(row.float(), embeds[0, :3], rtol=2**-7, atol=1e-6)
+    assert shard.get("y").shape == (0, 8)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "chunks", "match"),
+    [([3, 5], [(torch.ones(2, 5, 8), torch.arange(5)[None] < torch.tensor([[3], [4]]))], "have true lengths"),
+     ([3, 5, 1], [(torch.ones(2, 5, 8), torch.arange(5)[None] < torch.tensor([[3], [5]]))], "held 2 rows for 3"),
+     ([2], [(torch.ones(1, 2, 6), torch.ones(1, 2, dtype=torch.bool))], "width 6, the shard 8")],
+    ids=["wrong-lengths", "too-few-rows", "wrong-width"],
+)
+def test_streamed_write_checks_what_the_chunks_hold(tmp_path: Path, lengths, chunks, match) -> None:
+    path = tmp_path / "bad.safetensors"
+    with pytest.raises(ValueError, match=match):
+        write_embeddings(path, [f"k{i}" for i in range(len(lengths))], lengths, 8, chunks)
+    assert not path.exists()  # atomic: nothing half-written is left

@@ -207,3 +207,9 @@ def test_t5_num_layers_and_bfloat16(tiny_t5_dir: Path) -> None:
     embeds, _ = bf16.encode(CAPTIONS)
     assert embeds.dtype == torch.float32  # always handed back as float32
     torch.testing.assert_close(embeds, full, atol=0.1, rtol=0.05)
+
+
+def test_token_lengths_are_the_lengths_encode_masks(minilm: FrozenTextEncoder) -> None:
+    captions = ["a red circle", "two green triangles above a yellow star on a grey background", ""]
+    _, mask = minilm.encode(captions)
+    assert minilm.token_lengths(captions) == mask.sum(1).tolist()
