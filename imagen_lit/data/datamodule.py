@@ -29,7 +29,7 @@ from imagen_lit.data.pipeline import (
     SkipCounter,
     WarnAndCount,
 )
-from imagen_lit.data.shards import build_embedding_cache, read_manifest, write_synthetic_shards
+from imagen_lit.data.shards import build_embedding_cache, read_manifest, stale_caches, write_synthetic_shards
 from imagen_lit.data.sources import cache_paths, expand_shards, is_local
 
 SYNTHETIC_KEYS = ("num_scenes", "seed", "resolution", "samples_per_shard", "image_format")
@@ -105,7 +105,16 @@ class TextImageDataModule(lightning.LightningDataModule):
         """Render synthetic shards if missing; encode every shard's captions into the cache (rank 0 only)."""
         if self.synthetic is not None:
             write_synthetic_shards(self.synthetic_dir, **self.synthetic)
-        build_embedding_cache(self._shard_urls(), self.text_encoder, self.cache_dir)
+        urls = self._shard_urls()
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1 and self.synthetic is None:
+            stale = stale_caches(urls, self.text_encoder.cache_key, self.cache_dir)
+            if stale:  # encoding here would hold every other rank at Lightning's barrier, past its timeout
+                raise RuntimeError(
+                    f"{len(stale)} of {len(urls)} shards have no current embedding cache (first: {stale[0]}); "
+                    f"encode them before a {world}-process run: python -m imagen_lit.text.precompute "
+                    f"shards='{self.shards}' text_encoder=<this run's> devices=<GPUs>")
+        build_embedding_cache(urls, self.text_encoder, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard list and check that every local shard's cache exists, before training starts."""
