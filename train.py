@@ -4,6 +4,7 @@
     python train.py trainer=gpu unet=base_small data.batch_size=64
     python train.py -m text_encoder=minilm_l1,minilm_l3,minilm  # encoder-size sweep
     python train.py ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt   # resume
+    python train.py init_from=<run>/checkpoints/last.ckpt data=webdataset ...  # fine-tune: fresh optimizer, step 0
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from imagen_lit.build import build_stage
 from imagen_lit.precision import describe_precision
 from imagen_lit.stages.callbacks import SaveRunConfig
 from imagen_lit.stages.console import console_callbacks, quiet_library_notices
+from imagen_lit.stages.finetune import InitFrom
 from imagen_lit.sweep import register_resolvers, run_task
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(SaveRunConfig(run_config))
     callbacks += console_callbacks(cfg.trainer)
+    if cfg.get("init_from"):
+        if cfg.get("ckpt_path"):
+            raise ValueError("give init_from (new run from trained weights) or ckpt_path (resume a run), not both")
+        callbacks.append(InitFrom(cfg.init_from))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
