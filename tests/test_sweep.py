@@ -76,3 +76,22 @@ def test_guidance_sweep_at_sampling_time(trained_ckpt, tmp_path):
     assert len(acc.Scalars("sweep/dynamic/alignment/overall")) == len(weights)
     job = next(d for d in sweep_dir.iterdir() if d.name.startswith("0_"))
     assert list((job / "tensorboard").glob("events.out.tfevents.*")) and (job / "grid.png").is_file()
+
+
+def test_submitit_local_sweep_writes_its_summary(tmp_path):
+    """The cluster path: Hydra's submitit launcher (locally, subprocess jobs) runs a 2-job sweep into summary.csv."""
+    sweep_dir = tmp_path / "submitit"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_local",
+         "hydra.launcher.timeout_min=10", "stage.cond_drop_prob=0.1,0.2", *TINY, f"paths.data_dir={tmp_path / 'data'}",
+         f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={sweep_dir}",
+         "callbacks.sample_grid.every_n_steps=1000"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    swept = sorted(o for r in rows for o in r["overrides"].split() if o.startswith("stage.cond_drop_prob="))
+    assert swept == ["stage.cond_drop_prob=0.1", "stage.cond_drop_prob=0.2"]
+    assert all(r["status"] == "ok" and float(r["hp/final_loss"]) > 0 for r in rows), rows
+    assert list(sweep_dir.glob(".submitit/*/*_log.out"))  # the jobs ran through submitit
