@@ -158,7 +158,8 @@ def main() -> None:
             row = {**spec, **r, "gflop_per_img": gflop, "achieved_gflops": achieved / 1e9,
                    "frac_fp32_peak": achieved / peaks["fp32"], "frac_bf16_peak": achieved / peaks["bf16"]}
             rows.append(row)
-            print(f"{config:14s} {precision} ckpt={ckpt:3s} channels_last={cl:3s} compile={comp:3s} params={r['params'] / 1e6:7.1f}M "
+            print(f"{config:14s} {precision} ckpt={ckpt:3s} channels_last={cl:3s} compile={comp:3s} "
+                  f"params={r['params'] / 1e6:7.1f}M "
                   f"GFLOP/img={gflop:7.2f} img/s={r['img_per_s']:8.2f} achieved={achieved / 1e9:8.1f} GFLOP/s "
                   f"({achieved / peaks['fp32']:.0%} of fp32 peak, {achieved / peaks['bf16']:.0%} of bf16 peak) "
                   f"peak_mem={r['peak_mem_gib']:.2f} GiB")

@@ -1,7 +1,8 @@
 """Compositional accuracy against wall-clock training minutes: every step checkpoint of a train.py run scored on
 held-out scenes, so one command shows whether a recipe still learns as fast (a benchmark, not a timed test).
 
-    python train.py experiment=quickstart hydra.run.dir=outputs/lc/quickstart callbacks.model_checkpoint.every_n_train_steps=300
+    python train.py experiment=quickstart hydra.run.dir=outputs/lc/quickstart \
+        callbacks.model_checkpoint.every_n_train_steps=300
     python experiments/learning_curve.py outputs/lc/quickstart --num-scenes 200 --png curve.png --json curve.json
     python experiments/learning_curve.py old=outputs/lc/old new=outputs/lc/new --png curves.png   # several runs
 
@@ -51,9 +52,11 @@ def run_start(run_dir: Path) -> float:
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of the run's step_*.ckpt files, in step order."""
-    found = sorted((int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step_*.ckpt") if (m := STEP.search(p.name)))
+    found = sorted((int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step_*.ckpt")
+                   if (m := STEP.search(p.name)))
     if not found:
-        raise FileNotFoundError(f"no step_*.ckpt under {run_dir}/checkpoints: train with model_checkpoint.every_n_train_steps")
+        raise FileNotFoundError(f"no step_*.ckpt under {run_dir}/checkpoints: "
+                                f"train with callbacks.model_checkpoint.every_n_train_steps")
     return found
 
 

@@ -43,8 +43,8 @@ def main() -> None:
     print(f"{args.num_scenes} held-out scenes (world seed {args.scene_seed}), same sampling seeds; Wilson 95%")
     print(f"{'captions':<12} " + " ".join(f"{c:>20}" for c in CATEGORIES))
     for name, rows in results.items():
-        print(f"{name:<12} " + " ".join(f"{rows[c]['accuracy']:.2f} [{rows[c]['lo']:.2f}, {rows[c]['hi']:.2f}]".rjust(20)
-                                        for c in CATEGORIES))
+        cells = [f"{rows[c]['accuracy']:.2f} [{rows[c]['lo']:.2f}, {rows[c]['hi']:.2f}]" for c in CATEGORIES]
+        print(f"{name:<12} " + " ".join(cell.rjust(20) for cell in cells))
     for template, para in list(zip(scenes, variants["paraphrases"], strict=True))[:6]:
         print(f"  {template.caption!r:<56} -> {para.caption!r}")
     if args.json:

@@ -31,6 +31,7 @@ def describe_precision(precision: str, accelerator: str, cpuinfo: str | None = N
     if accelerator != "cpu":
         return f"precision {precision} on {accelerator}"
     flags = cpu_bf16_flags(cpuinfo)
-    native = f"the CPU has native bf16 ({', '.join(flags)})" if flags else "the CPU has no native bf16 (emulated: slower)"
+    native = (f"the CPU has native bf16 ({', '.join(flags)})" if flags
+              else "the CPU has no native bf16 (emulated: slower)")
     chosen = "auto-chosen" if precision == auto_cpu_precision(cpuinfo) else "set by the config"
     return f"precision {precision} ({chosen}): {native}; torch {torch.__version__}, {torch.get_num_threads()} threads"

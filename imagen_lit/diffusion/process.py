@@ -33,8 +33,8 @@ def check_sampling_options(
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = ancestral variance), got {eta}")
     if eta != 0 and sampler not in (None, "ddim"):
-        raise ValueError(f"eta={eta} has no meaning for sampler {sampler!r} (ddpm is ancestral, dpmpp_2m deterministic): "
-                         f"use sampler=ddim or leave eta at 0")
+        raise ValueError(f"eta={eta} has no meaning for sampler {sampler!r} (ddpm is ancestral, dpmpp_2m "
+                         f"deterministic): use sampler=ddim or leave eta at 0")
 
 
 def _expand(coef: Tensor, like: Tensor) -> Tensor:
@@ -55,7 +55,11 @@ class GaussianDiffusion:
     """
 
     def __init__(
-        self, schedule: LogSNRSchedule, prediction: str = "eps", loss_weighting: str = "none", min_snr_gamma: float = 5.0
+        self,
+        schedule: LogSNRSchedule,
+        prediction: str = "eps",
+        loss_weighting: str = "none",
+        min_snr_gamma: float = 5.0,
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")

@@ -78,7 +78,8 @@ class StageSummary(RichModelSummary):
         frozen = total_parameters - trainable_parameters
         console.print(f"Trainable params: {get_human_readable_count(trainable_parameters)}   "
                       f"frozen (the EMA copy): {get_human_readable_count(frozen)}   "
-                      f"size: {model_size:.1f} MB   modules in eval mode: {total_training_modes['eval']} (the EMA copy)")
+                      f"size: {model_size:.1f} MB   "
+                      f"modules in eval mode: {total_training_modes['eval']} (the EMA copy)")
 
 
 

@@ -7,7 +7,8 @@ from imagen_lit.eval.stats import chance_levels, wilson_interval, with_intervals
 
 
 def test_wilson_interval_matches_hand_computed_values():
-    # p = 0.3, n = 100, z = 1.96: centre (0.3 + 0.019208) / 1.038416, half-width 1.96 sqrt(0.0021 + 0.00009604) / 1.038416
+    # p = 0.3, n = 100, z = 1.96: centre (0.3 + 0.019208) / 1.038416,
+    # half-width 1.96 sqrt(0.0021 + 0.00009604) / 1.038416
     lo, hi = wilson_interval(30, 100)
     assert lo == pytest.approx(0.2189, abs=1e-4) and hi == pytest.approx(0.3958, abs=1e-4)
     assert wilson_interval(0, 50)[0] == 0.0 and 0.05 < wilson_interval(0, 50)[1] < 0.08  # never [0, 0]

@@ -49,7 +49,8 @@ def test_eval_mode_warning_is_silenced_for_the_ema_count_only():
         warnings.simplefilter("default")
         expect_eval_modules(7)
         for n in (7, 8):
-            warnings.warn(f"Found {n} module(s) in eval mode at the start of training. This may lead to ...")
+            warnings.warn(f"Found {n} module(s) in eval mode at the start of training. This may lead to ...",
+                          stacklevel=1)
     assert [str(w.message)[:8] for w in caught] == ["Found 8 "]
 
 

@@ -23,7 +23,7 @@ def test_warmup_cosine_warms_up_peaks_and_ends_at_final_ratio():
     assert lrs[9] == pytest.approx(2.0)
     assert lrs[60] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))  # halfway through the decay
     assert lrs[110] == pytest.approx(0.2)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # never rises after warmup
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # never rises after warmup
 
 
 def test_linear_warmup_stays_constant():
