@@ -86,7 +86,9 @@ class EfficientUNet(nn.Module):
     The U-Net skip from each DBlock to its UBlock is concatenated, scaled by 1/sqrt(2). With lowres_cond it is
     a super-resolution model (upsampled low-res image on channels, aug_level embedded; Imagen Sec. 2.4).
     Without self-attention it is fully convolutional plus text cross-attention, so a model trained on crops
-    runs on whole images.
+    runs on whole images. position_bands > 0 (not in the paper) adds Fourier features of each token's place in the
+    image to every attention layer's input, so spatial words can be tied to places; keep 0 for crop-trained stages,
+    whose positions would be crop-relative.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class EfficientUNet(nn.Module):
         text_proj_dim: int | None = None,
         attention_impl: str = "sdpa",
         gradient_checkpointing: bool = False,
+        position_bands: int = 0,
     ):
         super().__init__()
         n = len(block_channels)
@@ -140,7 +143,8 @@ class EfficientUNet(nn.Module):
             mode = text_attention if text is not None else "none"
             count = num_res_blocks[i] if attention_per_res_block else 1
             return [
-                AttentionStack(ch, text, mode, attend_self[i], ch // num_heads, attention_impl) for _ in range(count)
+                AttentionStack(ch, text, mode, attend_self[i], ch // num_heads, attention_impl, position_bands)
+                for _ in range(count)
             ]
 
         ins = [base_channels, *block_channels[:-1]]

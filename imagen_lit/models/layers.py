@@ -116,6 +116,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, impl: str = 
     return scores.softmax(dim=-1) @ v
 
 
+def position_features(height: int, width: int, bands: int, device, dtype) -> Tensor:
+    """Fourier features of each token's centre in [0, 1]^2: sin and cos of 2^k pi y and 2^k pi x -> (H*W, 4 bands)."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (HW, 2): y, x
+    angles = grid[:, :, None] * (math.pi * 2.0 ** torch.arange(bands, device=device))  # (HW, 2, bands)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(height * width, 4 * bands).to(dtype)
+
+
 class TextAttention(nn.Module):
     """Self-attention whose keys/values also hold the text tokens (Imagen App. D.3.1); LayerNorm on the text.
 
@@ -129,10 +138,17 @@ class TextAttention(nn.Module):
         head_dim: int = 64,
         self_attention: bool = True,
         impl: str = "sdpa",
+        position_bands: int = 0,
     ):
         super().__init__()
         if channels % head_dim:
             raise ValueError(f"attention channels {channels} must be divisible by head_dim {head_dim}")
+        if position_bands < 0:
+            raise ValueError(f"position_bands must be >= 0, got {position_bands}")
+        # Where each image token sits, added to the queries' and keys' input: convolutions with zero padding barely
+        # tell a token where it is, and "a red circle to the left of a blue square" needs exactly that.
+        self.position_bands = position_bands
+        self.position = nn.Linear(4 * position_bands, channels) if position_bands else None
         if not self_attention and text_dim is None:
             raise ValueError("cross-attention without self-attention needs a text_dim")
         self.num_heads = channels // head_dim
@@ -151,6 +167,9 @@ class TextAttention(nn.Module):
     def forward(self, x: Tensor, text_embeds: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
         b, c, hgt, wid = x.shape
         h = self.norm(x)
+        if self.position is not None:
+            pos = self.position(position_features(hgt, wid, self.position_bands, x.device, h.dtype))  # (HW, C)
+            h = h + rearrange(pos, "(x y) c -> 1 c x y", x=hgt).to(h.dtype)
         qkv = rearrange(self.to_qkv(h), "b c x y -> b (x y) c")  # (B, HW, 3C) or (B, HW, C)
         ks, vs, masks = [], [], []
         if self.self_attention:
@@ -212,12 +231,14 @@ class AttentionStack(nn.Module):
         self_attention: bool = True,
         head_dim: int = 64,
         impl: str = "sdpa",
+        position_bands: int = 0,
     ):
         super().__init__()
         if mode not in TEXT_ATTENTION_MODES:
             raise ValueError(f"text_attention must be one of {TEXT_ATTENTION_MODES}, got {mode!r}")
         def layer(text: int | None, with_self: bool) -> TextAttention:
-            return TextAttention(channels, text, head_dim, self_attention=with_self, impl=impl)
+            return TextAttention(channels, text, head_dim, self_attention=with_self, impl=impl,
+                                 position_bands=position_bands)
 
         layers: list[nn.Module] = []
         if mode == "concat" and (self_attention or text_dim is not None):

@@ -77,3 +77,18 @@ def test_bad_config_errors():
         UNet(image_size=16, text_dim=8, channel_mults=(1, 2), num_res_blocks=[1, 2, 3])
     with pytest.raises(ValueError, match="pooling"):
         UNet(image_size=16, text_dim=8, base_channels=16, text_pooling="max")
+
+
+def test_position_features_tell_tokens_of_a_flat_image_apart():
+    """Without them attention cannot tell where a token is: a flat image gives every token the same output."""
+    from imagen_lit.models.layers import TextAttention, position_features
+
+    torch.manual_seed(0)
+    x, text = torch.ones(1, 16, 4, 4), torch.randn(1, 3, 8)
+    for bands, distinct in ((0, False), (3, True)):
+        attn = TextAttention(16, 8, head_dim=8, position_bands=bands)
+        torch.nn.init.normal_(attn.out.weight)  # the output layer starts at zero; open it
+        out = attn(x, text, torch.ones(1, 3, dtype=torch.bool))[0].flatten(1)  # (C, HW)
+        assert (out.std(dim=1).max() > 1e-4) == distinct
+    feats = position_features(2, 3, 2, "cpu", torch.float32)
+    assert feats.shape == (6, 8) and torch.unique(feats, dim=0).shape[0] == 6
