@@ -45,6 +45,19 @@ def _packaged_minilm() -> str:
     return str(folder)
 
 
+def local_device(device: str, local_rank: int | None = None) -> str:
+    """'cuda' is this process's own GPU, cuda:<local rank> (LOCAL_RANK, or SLURM_LOCALID under srun): under DDP every
+    rank builds its encoder, and a plain 'cuda' would put all of them on cuda:0. An explicit cuda:N stays."""
+    device = str(device)
+    if not device.startswith("cuda"):
+        return device
+    if local_rank is None:
+        if ":" in device:
+            return device
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    return f"cuda:{local_rank}"
+
+
 def resolve_encoder_path(name_or_path: str) -> str:
     """Map an alias ("minilm") or local folder to a folder; anything else is a hub name, returned as is."""
     if name_or_path in _ALIASES:
@@ -146,7 +159,7 @@ class FrozenTextEncoder(nn.Module):
                 parent, attr, layers = _layer_stack(model)
                 setattr(parent, attr, layers[: self.num_layers])
                 model.config.num_hidden_layers = self.num_layers
-        self.model: PreTrainedModel = model.to(device=device, dtype=torch_dtype)
+        self.model: PreTrainedModel = model.to(device=local_device(device), dtype=torch_dtype)
         self.model.eval().requires_grad_(False)
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)

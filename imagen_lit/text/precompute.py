@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from imagen_lit.data.shards import build_embedding_cache
 from imagen_lit.data.sources import expand_shards
+from imagen_lit.text.encoder import local_device
 
 
 def shard_urls(shards: str | list[str]) -> list[str]:
@@ -29,16 +30,11 @@ def shard_urls(shards: str | list[str]) -> list[str]:
     return [url for pattern in patterns for url in expand_shards(pattern)]
 
 
-def encoder_device(configured: str, local_rank: int) -> str:
-    """This process's own device: cuda:<local rank> for a cuda encoder (never every rank on cuda:0), else as set."""
-    return f"cuda:{local_rank}" if str(configured).startswith("cuda") else str(configured)
-
-
 def encode_share(cfg: dict[str, Any], rank: int, world: int, local_rank: int) -> int:
     """Encode shards rank, rank + world, ... of the pattern; return how many this process handled."""
     urls = shard_urls(cfg["shards"])[rank::world]
-    encoder_cfg = {**cfg["text_encoder"], "device": encoder_device(cfg["text_encoder"].get("device", "cpu"),
-                                                                    local_rank)}
+    encoder_cfg = {**cfg["text_encoder"], "device": local_device(cfg["text_encoder"].get("device", "cpu"),
+                                                                  local_rank)}
     encoder = instantiate(encoder_cfg)
     for url in tqdm(urls, desc=f"rank {rank}/{world} encoding captions", unit="shard", position=rank):
         build_embedding_cache([url], encoder, cfg.get("cache_dir"), chunk_size=int(cfg.get("chunk_size", 256)))

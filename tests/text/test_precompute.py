@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from imagen_lit.data import TextImageDataModule
 from imagen_lit.data.sources import cache_paths
 from imagen_lit.text import FrozenTextEncoder, load_embeddings
-from imagen_lit.text.precompute import encoder_device, precompute
+from imagen_lit.text.encoder import local_device
+from imagen_lit.text.precompute import precompute
 from tests.conftest import ROOT
 from tests.data.data_testing import image_bytes, write_tar
 
@@ -65,9 +66,14 @@ def test_two_processes_split_the_shards_and_match_one(shards, tmp_path, tiny_t5_
     assert sorted(two) == [f"k{i}" for i in range(4)] and all(torch.equal(two[k], one[k]) for k in one)
 
 
-def test_each_rank_puts_a_cuda_encoder_on_its_own_device():
-    assert encoder_device("cuda", 3) == "cuda:3" and encoder_device("cuda:0", 1) == "cuda:1"
-    assert encoder_device("cpu", 3) == "cpu"
+def test_each_rank_puts_a_cuda_encoder_on_its_own_device(monkeypatch):
+    assert local_device("cuda", 3) == "cuda:3" and local_device("cuda:0", 1) == "cuda:1"
+    assert local_device("cpu", 3) == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "2")  # what Lightning's DDP launcher and torchrun set in each rank
+    assert local_device("cuda") == "cuda:2" and local_device("cuda:5") == "cuda:5"
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert local_device("cuda") == "cuda:1"
 
 
 def test_a_multi_process_fit_refuses_to_encode_inside_fit(shards, tmp_path, tiny_t5_dir):
