@@ -49,14 +49,17 @@ def _read(path: str, buffer: int) -> dict:
     shard = EmbeddingShard(path)
     kept, total = [], 0
     start = time.perf_counter()
+    checksum = 0.0
     for i, key in enumerate(shard.keys):
         row = shard.get(key)
+        checksum += float(row.float().sum())  # touch every value, as collate's float32 copy does
         total += row.numel()
         if len(kept) < buffer:
             kept.append(row)
         else:
             kept[i % buffer] = row
-    return {"seconds": time.perf_counter() - start, "rows_read": len(shard.keys), "values": total}
+    return {"seconds": time.perf_counter() - start, "rows_read": len(shard.keys), "values": total,
+            "checksum": checksum}
 
 
 def _before(path: str) -> dict:
@@ -103,7 +106,8 @@ def main() -> None:
     print(f"fake shard: {args.rows} captions x {args.tokens} tokens x {args.dim}, {size:.2f} GiB on disk; "
           f"threads={torch.get_num_threads()}")
     for name, r in rows.items():
-        print(f"{name:<7} peak RSS {r['peak_rss_gib']:6.2f} GiB   {r['seconds']:6.1f} s")
+        read = f"   {r['values'] * 2 / 2**30:.2f} GiB of bf16 rows read" if "values" in r else ""
+        print(f"{name:<7} peak RSS {r['peak_rss_gib']:6.2f} GiB   {r['seconds']:6.1f} s{read}")
 
 
 if __name__ == "__main__":
