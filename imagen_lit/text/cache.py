@@ -8,12 +8,13 @@ bfloat16, not float16: T5 activations overflow float16's range.
 
 Memory stays bounded whatever the shard's size: `write_embeddings` streams chunks of rows into the file (a LAION
 shard of 10k captions at T5-XXL is 10.5 GB of bfloat16), and `EmbeddingShard` reads one row at a time from the
-memory-mapped file, still in bfloat16; the batch is the first float32 tensor.
+file with a positioned read of just its bytes, still in bfloat16; the batch is the first float32 tensor.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -146,18 +147,27 @@ def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, str], dict[st
 
 
 class EmbeddingShard:
-    """One cache file, read lazily: `shard[key]` is that caption's bfloat16 (L_i, D) embedding of its true tokens,
-    sliced from the memory-mapped file, so a worker holds the rows it has handed out and nothing more."""
+    """One cache file, read lazily: `get(key)` is that caption's bfloat16 (L_i, D) embedding of its true tokens, read
+    with one positioned read of just those bytes (no memory map, whose touched pages would stay resident), so a
+    worker holds the rows it has handed out and nothing more."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         metadata, _ = _read(self.path, with_tensors=False)
         self.keys: list[str] = json.loads(metadata["keys"])
-        self._file = safe_open(str(self.path), framework="pt")
-        self._embeds = self._file.get_slice("embeds")
-        self._lengths = self._file.get_tensor("lengths").long()  # (N,): 4 bytes a row
+        with safe_open(str(self.path), framework="pt") as f:
+            shape = f.get_slice("embeds").get_shape()
+            self._lengths = f.get_tensor("lengths").long()  # (N,): 4 bytes a row
+        with open(self.path, "rb") as f:  # where the embeds' bytes start: after the 8-byte size and the header
+            header_size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(header_size))
+        if header["embeds"]["dtype"] != "BF16":
+            raise ValueError(f"embedding cache {path} stores {header['embeds']['dtype']}, not BF16; encode again")
+        self._offset = 8 + header_size + header["embeds"]["data_offsets"][0]
+        self._row_bytes = shape[1] * shape[2] * 2 if len(shape) == 3 else 0
+        self._dim = shape[2] if len(shape) == 3 else 0
+        self._fd: int | None = None
         self._index = {key: i for i, key in enumerate(self.keys)}
-        shape = self._embeds.get_shape()
         if (len(shape) != 3 or self._lengths.shape != (len(self.keys),) or shape[0] != len(self.keys)
                 or (self.keys and (self._lengths.min() < 0 or self._lengths.max() > shape[1]))):
             raise ValueError(f"embedding cache {path} is inconsistent: {len(self.keys)} keys, embeds {tuple(shape)}, "
@@ -174,7 +184,17 @@ class EmbeddingShard:
         i = self._index.get(key)
         if i is None:
             return None
-        return self._embeds[i : i + 1, : int(self._lengths[i])][0]  # (L_i, D)
+        if self._fd is None:  # opened on first use, in the process that reads (a DataLoader worker)
+            self._fd = os.open(self.path, os.O_RDONLY)
+        length = int(self._lengths[i])
+        if length == 0:
+            return torch.zeros(0, self._dim, dtype=torch.bfloat16)
+        data = os.pread(self._fd, length * self._dim * 2, self._offset + i * self._row_bytes)  # the true tokens
+        return torch.frombuffer(bytearray(data), dtype=torch.bfloat16).reshape(length, self._dim)  # (L_i, D)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
 
 def load_embeddings(path: str | Path) -> dict[str, Tensor]:
