@@ -127,8 +127,8 @@ def save_embeddings(
     write_embeddings(path, list(keys), lengths.tolist(), embeds.shape[2], [(embeds, mask)], metadata)
 
 
-def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, str], dict[str, Tensor]]:
-    """Open a cache file and check its layout; errors name the file and say how to fix it."""
+def _read(path: str | Path) -> dict[str, str]:
+    """A cache file's metadata, after checking its layout; errors name the file and say how to fix it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embedding cache {path} does not exist; encode the captions first")
@@ -136,14 +136,13 @@ def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, str], dict[st
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
             names = set(f.keys())
-            tensors = {name: f.get_tensor(name) for name in names} if with_tensors else {}
     except (SafetensorError, OSError, RuntimeError) as e:
         raise ValueError(f"embedding cache {path} is truncated or not a safetensors file ({e}); "
                          "delete it and encode the captions again") from e
     if metadata.get("format") != _FORMAT or "keys" not in metadata or names != {"embeds", "lengths"}:
         raise ValueError(f"{path} is a safetensors file but not an imagen-lit embedding cache "
                          f"(format={metadata.get('format')!r}, tensors={sorted(names)})")
-    return metadata, tensors
+    return metadata
 
 
 class EmbeddingShard:
@@ -153,7 +152,7 @@ class EmbeddingShard:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        metadata, _ = _read(self.path, with_tensors=False)
+        metadata = _read(self.path)
         self.keys: list[str] = json.loads(metadata["keys"])
         with safe_open(str(self.path), framework="pt") as f:
             shape = f.get_slice("embeds").get_shape()
@@ -206,5 +205,5 @@ def load_embeddings(path: str | Path) -> dict[str, Tensor]:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The caller's metadata stored with a shard (the cache's own entries left out), without loading tensors."""
-    metadata, _ = _read(path, with_tensors=False)
+    metadata = _read(path)
     return {name: value for name, value in metadata.items() if name not in _RESERVED}
