@@ -13,7 +13,10 @@ from train import train
 
 # 48 scenes in 3 shards over 2 workers: worker 0 reads 2 shards (4 batches), worker 1 one (2 batches), so the
 # 6-batch epoch ends with worker 1 exhausted. Resuming at step 5 crosses that point and the epoch boundary at 6.
-STEPS, RESUME_AT = 8, 5
+# With a fixed epoch (as under DDP) of 5 batches, the workers take 3 and 2 from endless passes; resuming at step 3,
+# when the next batch is worker 1's, checks the worker roles (and the epoch boundary at 5, and a second pass).
+STEPS = 8
+CASES = {"one pass": (5, []), "fixed epoch": (3, ["data.epoch_length=5"])}
 
 
 def run(tmp: Path, data: Path, *extra: str) -> dict[str, torch.Tensor]:
@@ -27,11 +30,13 @@ def run(tmp: Path, data: Path, *extra: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_resume_is_bit_exact(tmp_path: Path):
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_is_bit_exact(tmp_path: Path, case: str):
+    resume_at, extra = CASES[case]
     data = tmp_path / "data"
-    straight = run(tmp_path / "straight", data)
-    ckpt = tmp_path / "straight" / "checkpoints" / f"step_{RESUME_AT:07d}.ckpt"
-    resumed = run(tmp_path / "resumed", data, f"ckpt_path={ckpt}")
+    straight = run(tmp_path / "straight", data, *extra)
+    ckpt = tmp_path / "straight" / "checkpoints" / f"step_{resume_at:07d}.ckpt"
+    resumed = run(tmp_path / "resumed", data, f"ckpt_path={ckpt}", *extra)
     assert set(straight) == set(resumed)
     assert any(k.startswith("ema.module.") for k in straight)
     differ = [k for k in straight if not torch.equal(straight[k], resumed[k])]

@@ -17,12 +17,17 @@ from typing import Any
 import lightning
 import torch
 import webdataset as wds
+from webdataset.utils import pytorch_worker_info
 
 from imagen_lit.data.lowres import LowResPairs, check_lowres_options
 from imagen_lit.data.pipeline import (
     Batcher,
+    BatchQuota,
     DecodeImages,
+    EpochLoader,
+    EpochPipeline,
     JoinEmbeddings,
+    Passes,
     SampleShuffle,
     ShardList,
     SkipBatches,
@@ -31,6 +36,7 @@ from imagen_lit.data.pipeline import (
 )
 from imagen_lit.data.shards import build_embedding_cache, read_manifest, stale_caches, write_synthetic_shards
 from imagen_lit.data.sources import cache_paths, expand_shards, is_local
+from imagen_lit.text.cache import cache_rows
 
 SYNTHETIC_KEYS = ("num_scenes", "seed", "resolution", "samples_per_shard", "image_format")
 
@@ -53,6 +59,7 @@ class TextImageDataModule(lightning.LightningDataModule):
         max_text_length: int | None = None,
         lowres_resolution: int | None = None,
         crop_size: int | None = None,
+        epoch_length: int | None = None,
     ) -> None:
         super().__init__()
         if (shards is None) == (synthetic is None):
@@ -64,6 +71,8 @@ class TextImageDataModule(lightning.LightningDataModule):
                              f"{resolution}, {num_workers}")
         if max_text_length is not None and max_text_length < 1:
             raise ValueError(f"max_text_length must be None or >= 1, got {max_text_length}")
+        if epoch_length is not None and epoch_length < 1:
+            raise ValueError(f"epoch_length must be None or >= 1 batch per rank, got {epoch_length}")
         check_lowres_options(resolution, lowres_resolution, crop_size)
         self.synthetic = None
         if synthetic is not None:
@@ -78,6 +87,7 @@ class TextImageDataModule(lightning.LightningDataModule):
         self.resolution, self.batch_size, self.num_workers = resolution, batch_size, num_workers
         self.shuffle_buffer, self.seed, self.max_text_length = shuffle_buffer, seed, max_text_length
         self.lowres_resolution, self.crop_size = lowres_resolution, crop_size
+        self.epoch_length = epoch_length
         self.urls: list[str] | None = None
         self._position: dict[str, Any] = {"epoch": 0, "consumed": {}}  # batches trained on per worker, this epoch
         self._resume: dict[str, Any] | None = None
@@ -156,13 +166,27 @@ class TextImageDataModule(lightning.LightningDataModule):
             return
         self._resume = ranks[rank]
 
-    def train_dataloader(self) -> wds.WebLoader:
-        """Shuffled shards split over ranks then workers; batches are built in the workers."""
+    def batches_per_epoch(self, world: int) -> int | None:
+        """Batches each rank takes per epoch: epoch_length, or under DDP ceil(samples / (ranks x batch_size)), so
+        that no rank runs out first and leaves the others waiting at a collective; None: one pass (one process)."""
+        if self.epoch_length is not None:
+            return self.epoch_length
+        if world == 1:
+            return None
+        samples = sum(cache_rows(self.cache_files[url]) for url in self.urls)
+        if samples == 0:
+            raise ValueError(f"the {len(self.urls)} shards hold no captioned sample; check data.shards")
+        return -(-samples // (world * self.batch_size))
+
+    def train_dataloader(self) -> EpochLoader:
+        """Shuffled shards split over ranks then workers; batches are built in the workers. Under DDP (or with
+        epoch_length) the shard stream cycles and every rank takes the same number of full batches."""
         if self.urls is None:
             self.setup("fit")
-        world = self.trainer.world_size if self.trainer is not None else 1
+        world = self.trainer.world_size if self.trainer is not None else pytorch_worker_info()[1]
+        per_rank = self.batches_per_epoch(world)
         readers = world * max(1, self.num_workers)
-        if len(self.urls) < readers:
+        if len(self.urls) < readers and per_rank is None:  # cycling passes deal the idle readers shards later
             warnings.warn(f"{len(self.urls)} shards for {readers} readers (ranks x workers): some read "
                           "nothing; use more, smaller shards or fewer workers", stacklevel=2)
         counter = SkipCounter()  # one per worker once the pipeline is copied into each worker
@@ -171,23 +195,23 @@ class TextImageDataModule(lightning.LightningDataModule):
         if self._resume is not None and self._resume["epoch"] == epoch:  # resumed mid-epoch
             skip = {int(w): n for w, n in self._resume["consumed"].items()}
         self._position, self._resume = {"epoch": epoch, "consumed": dict(skip)}, None
-        stages = [
+        one_pass = [
             ShardList(self.urls, seed=self.seed),
-            wds.split_by_node,
-            wds.split_by_worker,
             wds.tarfile_to_samples(handler=WarnAndCount(counter)),
             JoinEmbeddings(self.cache_files, counter),
             SampleShuffle(self.shuffle_buffer, seed=self.seed),
             DecodeImages(self.resolution, counter),
             *([LowResPairs(self.lowres_resolution, self.crop_size, self.seed)] if self.lowres_resolution else []),
+        ]
+        stages = [
+            Passes(one_pass, cycle=per_rank is not None, epoch=epoch - 1),  # -1: it counts from the resumed epoch
             Batcher(self.batch_size, counter, self.max_text_length),
+            *([BatchQuota(per_rank)] if per_rank is not None else []),
             SkipBatches(skip),
         ]
-        for stage in stages:  # stages seeded per epoch count epochs from -1: start them at the resumed epoch
-            if hasattr(stage, "epoch"):
-                stage.epoch = epoch - 1
-        pipeline = wds.DataPipeline(*stages)
-        return wds.WebLoader(
+        workers = max(1, self.num_workers)
+        pipeline = EpochPipeline(*stages, length=per_rank, worker_offset=sum(skip.values()) % workers)
+        return EpochLoader(
             pipeline,
             batch_size=None,  # already batched in the workers
             num_workers=self.num_workers,

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from imagen_lit.data.sources import pass_key
+
 
 def downsample(images: Tensor, size: int) -> Tensor:
     """[B, C, H, W] or [C, H, W] in [-1, 1] -> side `size`: antialiased bicubic, clamped back to [-1, 1]."""
@@ -48,18 +50,19 @@ def check_lowres_options(resolution: int, lowres_resolution: int | None, crop_si
 
 
 class LowResPairs:
-    """Pipeline stage: add each sample's 'lowres'; with crop_size, crop both, seeded by (seed, key, epoch)."""
+    """Pipeline stage: add each sample's 'lowres'; with crop_size, crop both, seeded by (seed, key, epoch, pass)
+    (Passes sets epoch and pass_index)."""
 
     def __init__(self, lowres_resolution: int, crop_size: int | None = None, seed: int = 0) -> None:
-        self.lowres_resolution, self.crop_size, self.seed, self.epoch = lowres_resolution, crop_size, seed, -1
+        self.lowres_resolution, self.crop_size, self.seed = lowres_resolution, crop_size, seed
+        self.epoch, self.pass_index = 0, 0
 
     def __call__(self, src):
-        self.epoch += 1  # counts epochs in each (persistent) worker's own copy, as SampleShuffle does
         for sample in src:
             image = sample["image"]
             lowres = downsample(image, self.lowres_resolution)  # the whole image first: what the cascade sees
             if self.crop_size is not None:
-                rng = random.Random(f"{self.seed}/{sample['key']}/{self.epoch}")
+                rng = random.Random(f"{self.seed}/{sample['key']}/{pass_key(self.epoch, self.pass_index)}")
                 image, lowres = aligned_crop(image, lowres, self.crop_size, rng)
             yield {**sample, "image": image, "lowres": lowres}
 

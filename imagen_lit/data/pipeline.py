@@ -1,24 +1,32 @@
 """The stages of the training pipeline; they run inside each DataLoader worker on its own shards.
 
-shards (shuffled alike on every rank) -> split_by_node -> split_by_worker -> tar samples -> JoinEmbeddings
--> SampleShuffle -> DecodeImages [-> LowResPairs, for SR stages] -> Batcher. Stages are plain picklable objects:
-no text encoder, only paths.
+Passes[shards (shuffled alike on every rank, dealt to this rank and worker) -> tar samples -> JoinEmbeddings
+-> SampleShuffle -> DecodeImages [-> LowResPairs, for SR stages]] -> Batcher [-> BatchQuota] -> SkipBatches.
+Stages are plain picklable objects: no text encoder, only paths.
+
+With a fixed epoch length (always under DDP) Passes runs reshuffled passes one after another without end and
+BatchQuota cuts each worker at its share, so every rank yields the same number of full batches whatever the shard
+sizes, and the first pass of every epoch is the finite epoch's stream.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import os
 import random
 import warnings
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset
 from webdataset.utils import pytorch_worker_info
 
 from imagen_lit.data.lowres import stack_lowres
 from imagen_lit.data.shards import decode_caption
+from imagen_lit.data.sources import pass_key
 from imagen_lit.text.cache import EmbeddingShard
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -53,19 +61,56 @@ class WarnAndCount:
 
 
 class ShardList(IterableDataset):
-    """Yield {'url': ...} per shard, shuffled by (seed, epoch): the same order on every rank and worker."""
+    """This reader's shards in one pass: all urls shuffled by (seed, epoch, pass) alike on every rank and worker, then
+    dealt as webdataset's split_by_node and split_by_worker deal a stream, as if the passes were one endless stream:
+    position q goes to rank q mod R, then worker (q // R) mod W. So a pass of fewer shards than readers reaches the
+    idle readers in later passes. Passes sets epoch and pass_index."""
 
     def __init__(self, urls: list[str], seed: int = 0, shuffle: bool = True) -> None:
         super().__init__()
-        self.urls, self.seed, self.shuffle, self.epoch = list(urls), seed, shuffle, -1
+        self.urls, self.seed, self.shuffle, self.epoch, self.pass_index = list(urls), seed, shuffle, 0, 0
 
     def __iter__(self):
-        self.epoch += 1  # counts epochs in each (persistent) worker's own copy
+        rank, world, worker, workers = pytorch_worker_info()
         urls = list(self.urls)
         if self.shuffle:
-            random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
-        for url in urls:
-            yield {"url": url}
+            random.Random(f"{self.seed}/{pass_key(self.epoch, self.pass_index)}").shuffle(urls)
+        start = self.pass_index * len(urls)
+        for q, url in enumerate(urls, start=start):
+            if q % world == rank and (q // world) % workers == worker:
+                yield {"url": url}
+
+
+class Passes(IterableDataset):
+    """One pass of the per-pass stages (shards -> decoded samples) per epoch; with cycle=True, pass after pass without
+    end, each drained (its shuffle buffer emptied) before the next starts, so the first pass is exactly the finite
+    epoch. Owns the epoch counter, in each (persistent) worker's own copy."""
+
+    def __init__(self, stages: list, cycle: bool = False, epoch: int = -1) -> None:
+        super().__init__()
+        self.stages, self.cycle, self.epoch = list(stages), cycle, epoch
+
+    def __iter__(self):
+        self.epoch += 1
+        rank, world, worker, workers = pytorch_worker_info()
+        empty = 0  # passes in a row that gave this reader nothing
+        for pass_index in itertools.count():
+            for stage in self.stages:
+                if hasattr(stage, "pass_index"):
+                    stage.epoch, stage.pass_index = self.epoch, pass_index
+            source = iter(self.stages[0])
+            for stage in self.stages[1:]:
+                source = stage(source)
+            n = 0
+            for n, sample in enumerate(source, start=1):  # noqa: B007 (n counts the pass's samples)
+                yield sample
+            if not self.cycle:
+                return
+            empty = 0 if n else empty + 1
+            if empty > world * workers:  # every reader meets every shard within R x W passes
+                raise RuntimeError(f"rank {rank} worker {worker}: {empty} passes over {len(self.stages[0].urls)} "
+                                   "shards gave no usable sample (each needs a caption, an image and a cached "
+                                   "embedding); check the shards")
 
 
 class JoinEmbeddings:
@@ -109,18 +154,17 @@ class JoinEmbeddings:
 
 
 class SampleShuffle:
-    """Buffered sample shuffle, seeded by (seed, rank, worker, epoch)."""
+    """Buffered sample shuffle, seeded by (seed, rank, worker, epoch, pass); Passes sets epoch and pass_index."""
 
     def __init__(self, bufsize: int, seed: int = 0) -> None:
-        self.bufsize, self.seed, self.epoch = bufsize, seed, -1
+        self.bufsize, self.seed, self.epoch, self.pass_index = bufsize, seed, 0, 0
 
     def __call__(self, src):
-        self.epoch += 1
         if self.bufsize <= 1:
             yield from src
             return
         rank, _, worker, _ = pytorch_worker_info()
-        rng = random.Random(f"{self.seed}/{rank}/{worker}/{self.epoch}")
+        rng = random.Random(f"{self.seed}/{rank}/{worker}/{pass_key(self.epoch, self.pass_index)}")
         buf = []
         for sample in src:
             if len(buf) < self.bufsize:
@@ -186,6 +230,24 @@ class Batcher:
             yield collate(full or batch, self.counter.take(), self.max_text_length)
 
 
+class BatchQuota:
+    """A fixed epoch: this rank's `per_rank` batches, dealt over its workers (worker w takes per_rank // W, one more
+    for w < per_rank % W). Fed by a cycling ShardList, so each worker always fills its share."""
+
+    def __init__(self, per_rank: int) -> None:
+        if per_rank < 1:
+            raise ValueError(f"epoch_length must be >= 1 batch per rank, got {per_rank}")
+        self.per_rank = per_rank
+
+    def share(self, worker: int, workers: int) -> int:
+        """Batches worker `worker` of `workers` yields per epoch."""
+        return self.per_rank // workers + (1 if worker < self.per_rank % workers else 0)
+
+    def __call__(self, src):
+        _, _, worker, workers = pytorch_worker_info()
+        yield from itertools.islice(src, self.share(worker, workers))
+
+
 class SkipBatches:
     """Exact resume: each worker drops the batches it made in the interrupted epoch before the checkpoint.
 
@@ -204,6 +266,43 @@ class SkipBatches:
         for i, batch in enumerate(src):
             if i >= skip:
                 yield {**batch, "worker": worker}  # counted by the datamodule when training consumes it
+
+
+class EpochPipeline(wds.DataPipeline):
+    """The worker pipeline; with `length` set (a fixed epoch), also its length in batches and the worker roles.
+
+    The DataLoader takes batches from its workers round-robin from worker 0 at every epoch start, and BatchQuota's
+    shares keep that order to the epoch's end, so batch i of an epoch comes from worker i mod W. A run resumed after k
+    batches restarts the round at worker 0: `worker_offset` = k mod W makes worker p play worker (p + k) mod W in that
+    epoch (through webdataset's WORKER / NUM_WORKERS variables, which every stage reads), so the stream continues as
+    the interrupted run's would have.
+    """
+
+    def __init__(self, *stages, length: int | None = None, worker_offset: int = 0) -> None:
+        super().__init__(*stages)
+        self.length, self.worker_offset = length, worker_offset
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()  # the physical worker, never the role set below
+        if info is not None and info.num_workers > 1 and self.length is not None:
+            os.environ["WORKER"] = str((info.id + self.worker_offset) % info.num_workers)
+            os.environ["NUM_WORKERS"] = str(info.num_workers)
+        self.worker_offset = 0  # only the first epoch after a resume
+        return super().__iter__()
+
+
+class EpochLoader(wds.WebLoader):
+    """The WebLoader over an EpochPipeline, with len() = batches per epoch on this rank when the epoch is fixed (so
+    Lightning knows the epoch's length)."""
+
+    def __init__(self, pipeline: EpochPipeline, **kwargs) -> None:
+        super().__init__(pipeline, **kwargs)
+        self.length = pipeline.length
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("this loader reads each shard once per epoch; its length is not known in advance")
+        return self.length
 
 
 def collate(samples: list[dict], n_skipped: int = 0, max_text_length: int | None = None) -> dict:

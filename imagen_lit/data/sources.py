@@ -10,6 +10,11 @@ import braceexpand
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
+def pass_key(epoch: int, pass_index: int) -> str:
+    """The seed suffix of one pass over the shards: the epoch, then '/pass' from an epoch's second pass on."""
+    return f"{epoch}" + (f"/{pass_index}" if pass_index else "")
+
+
 def is_local(url: str) -> bool:
     """Whether a shard url is a plain local path (not pipe:, http://, s3://, ...)."""
     return not url.startswith("pipe:") and "://" not in url.replace("file://", "", 1)

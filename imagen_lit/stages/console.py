@@ -11,10 +11,13 @@ from lightning.pytorch.callbacks import Callback, RichModelSummary, RichProgress
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 # Lightning notices that say nothing about this run: an advert, a note that our own summary replaced its default,
-# and torch deprecations inside Lightning's own code.
+# torch deprecations inside Lightning's own code, and a mid-epoch resume warning that is untrue here (the
+# datamodule's state_dict holds every rank's data position and replays the epoch to it; tests/test_resume_exact.py).
 _LIBRARY_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\.pytorch\.utilities\._pytree"),
     (r"Precision .* is not supported by the model summary", r"lightning\.pytorch\.utilities\.model_summary"),
+    (r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable",
+     r"lightning\.pytorch\.loops\.training_epoch_loop"),
 )
 _ADVERTS = ("litlogger", "Skipping setting a default `ModelSummary` callback")
 

@@ -203,6 +203,11 @@ def load_embeddings(path: str | Path) -> dict[str, Tensor]:
     return {key: shard.get(key).float() for key in shard.keys}
 
 
+def cache_rows(path: str | Path) -> int:
+    """How many captions a cache file holds, from its header alone."""
+    return len(json.loads(_read(path)["keys"]))
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The caller's metadata stored with a shard (the cache's own entries left out), without loading tensors."""
     metadata = _read(path)

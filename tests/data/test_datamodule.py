@@ -101,9 +101,10 @@ def test_truncated_shard_does_not_stop_training(tmp_path, fake_encoder):
 
 
 def test_every_key_once_over_ranks_and_workers(tmp_path, fake_encoder, monkeypatch):
+    # Even shards: each of the 2 x 2 readers gets one shard of 4, exactly its 2-batch share of the fixed epoch.
     for s in range(4):
         write_tar(tmp_path / f"s-{s}.tar", [{"__key__": f"k{s}{i}", "png": image_bytes((8, 8)), "txt": "a b"}
-                                            for i in range(3)])
+                                            for i in range(4)])
     seen = []
     for rank in (0, 1):  # webdataset's split_by_node reads RANK / WORLD_SIZE (workers inherit them)
         monkeypatch.setenv("RANK", str(rank))
@@ -111,9 +112,9 @@ def test_every_key_once_over_ranks_and_workers(tmp_path, fake_encoder, monkeypat
         dm = _ready(TextImageDataModule(fake_encoder, shards=str(tmp_path / "s-{0..3}.tar"), resolution=8,
                                         batch_size=2, num_workers=2, seed=1))
         _, keys, _ = _collect(dm)
-        assert len(keys) == 6  # 2 of the 4 shards
+        assert len(keys) == 8  # 2 of the 4 shards
         seen += keys
-    assert sorted(seen) == sorted(f"k{s}{i}" for s in range(4) for i in range(3))
+    assert sorted(seen) == sorted(f"k{s}{i}" for s in range(4) for i in range(4))
 
 
 def test_argument_and_missing_shard_errors(tmp_path, fake_encoder):
@@ -186,3 +187,64 @@ def test_lightning_fit_sums_skips(tmp_path, fake_encoder):
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=dm)
     assert (model.seen, model.skipped) == (6, 2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_uneven_shards_give_every_rank_the_same_full_batches(tmp_path, fake_encoder, monkeypatch, num_workers):
+    sizes = (2, 9, 4)  # 15 samples: a pass deals 11 to one rank and 4 to the other, or 6 and 9
+    for s, n in enumerate(sizes):
+        write_tar(tmp_path / f"u-{s}.tar", [{"__key__": f"k{s}{i}", "png": image_bytes((8, 8)), "txt": "a b"}
+                                            for i in range(n)])
+    counts, seen = [], []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        dm = _ready(TextImageDataModule(fake_encoder, shards=str(tmp_path / "u-{0..2}.tar"), resolution=8,
+                                        batch_size=2, num_workers=num_workers, seed=3))
+        loader = dm.train_dataloader()
+        assert len(loader) == dm.batches_per_epoch(2) == 4  # ceil(15 / (2 ranks x 2))
+        for _ in range(2):  # two epochs; persistent workers start each one afresh
+            batches = list(loader)
+            counts.append([len(b["keys"]) for b in batches])
+            seen += [k for b in batches for k in b["keys"]]
+    assert counts == [[2, 2, 2, 2]] * 4  # equal and full on both ranks, every epoch
+    assert len(set(seen)) >= 12  # the passes are dealt round-robin: the ranks read (almost) all the samples
+
+
+def test_epoch_length_fixes_the_batches_per_epoch(tmp_path, fake_encoder):
+    write_tar(tmp_path / "e-0.tar", [{"__key__": f"k{i}", "png": image_bytes((8, 8)), "txt": "a b"} for i in range(3)])
+    dm = _ready(TextImageDataModule(fake_encoder, shards=str(tmp_path / "e-0.tar"), resolution=8, batch_size=2,
+                                    num_workers=0, epoch_length=5))
+    batches, keys, _ = _collect(dm)
+    assert [len(b["keys"]) for b in batches] == [2] * 5 and set(keys) == {"k0", "k1", "k2"}  # 10 from 3: cycled
+    with pytest.raises(ValueError, match="epoch_length"):
+        TextImageDataModule(fake_encoder, shards=str(tmp_path / "e-0.tar"), epoch_length=0)
+
+
+def test_cycling_over_shards_without_usable_samples_stops_with_an_error(tmp_path, fake_encoder):
+    write_tar(tmp_path / "bad.tar", [{"__key__": f"k{i}", "png": image_bytes((8, 8))} for i in range(3)])  # no txt
+    dm = TextImageDataModule(fake_encoder, shards=str(tmp_path / "bad.tar"), resolution=8, batch_size=2,
+                             num_workers=0, epoch_length=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _ready(dm)
+        with pytest.raises(RuntimeError, match="no usable sample"):
+            list(dm.train_dataloader())
+
+
+def test_resume_mid_epoch_continues_the_fixed_epoch_stream(tmp_path, fake_encoder):
+    """After 3 of a 5-batch epoch (workers 0, 1, 0), the next batch is worker 1's; a resumed loader starts its round
+    at worker 0, so worker 0 must play worker 1 for the stream to continue unchanged."""
+    for s, n in enumerate((6, 3, 5)):
+        write_tar(tmp_path / f"r-{s}.tar", [{"__key__": f"k{s}{i}", "png": image_bytes((8, 8)), "txt": "a b"}
+                                            for i in range(n)])
+
+    def make() -> TextImageDataModule:
+        return _ready(TextImageDataModule(fake_encoder, shards=str(tmp_path / "r-{0..2}.tar"), resolution=8,
+                                          batch_size=2, num_workers=2, shuffle_buffer=4, seed=5, epoch_length=5))
+
+    straight = [b["keys"] for b in make().train_dataloader()]
+    assert len(straight) == 5
+    resumed_dm = make()
+    resumed_dm.load_state_dict({"ranks": [{"epoch": 0, "consumed": {0: 2, 1: 1}}]})
+    assert [b["keys"] for b in resumed_dm.train_dataloader()] == straight[3:]
