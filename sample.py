@@ -144,7 +144,9 @@ def sample_cascade(cfg: DictConfig) -> Path:
     if cfg.num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")
     common = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}  # global keys: every stage
-    requested: dict[str, Any] = OmegaConf.to_container(cfg.get("stage_sampling") or {}, resolve=True)  # type: ignore[assignment]
+    stage_sampling = cfg.get("stage_sampling")
+    requested: dict[str, Any] = (  # type: ignore[assignment]
+        OmegaConf.to_container(stage_sampling, resolve=True) if stage_sampling is not None else {})
     cascade = load_cascade(cfg)
     unknown = {n for n, opts in requested.items() if opts} - set(cascade.names)
     if unknown:

@@ -34,8 +34,15 @@ def safe_dirname(name: str, limit: int = MAX_DIRNAME) -> str:
 
 
 def register_resolvers() -> None:
-    """${safe_dirname:...} for Hydra configs (used by hydra.sweep.subdir); ${cpu_precision:} for trainer=cpu."""
+    """${safe_dirname:...} for Hydra configs (used by hydra.sweep.subdir); ${cpu_precision:} for trainer=cpu; and
+    `open_stage_sampling`, the one config node that takes new keys without '+' (stage_sampling.<any stage>.k=v)."""
+    from hydra.core.config_store import ConfigStore
+
     from imagen_lit.precision import auto_cpu_precision
+
+    open_node = OmegaConf.create({})
+    OmegaConf.set_struct(open_node, False)  # Hydra makes the rest struct; this node keeps its own flag
+    ConfigStore.instance().store(name="open_stage_sampling", node=open_node)
 
     if not OmegaConf.has_resolver("safe_dirname"):
         OmegaConf.register_new_resolver("safe_dirname", safe_dirname)

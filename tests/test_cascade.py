@@ -114,7 +114,7 @@ def test_start_at_sr_with_own_image_and_stop_at(exported, tmp_path):
     image[4:12, 4:12] = (220, 30, 30)
     Image.fromarray(image).save(tmp_path / "low.png")
     out = _sample(tmp_path / "sr", f"cascade={exported}", "start_at=sr32", f"lowres_image={tmp_path / 'low.png'}",
-                  "+stage_sampling.sr32.aug_level=0.0", "+stage_sampling.sr32.steps=3")
+                  "stage_sampling.sr32.aug_level=0.0", "stage_sampling.sr32.steps=3")  # any name, no +
     meta = json.loads((out / "samples.json").read_text())
     assert meta["stages"] == ["sr32"] and not (out / "base16").exists()
     assert meta["sampling"]["sr32"]["aug_level"] == 0.0 and meta["sampling"]["sr32"]["steps"] == 3
