@@ -33,5 +33,6 @@ class DdpProbe(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         weights = torch.cat([p.detach().flatten() for p in pl_module.unet.parameters()])
         torch.save({"keys": self.keys, "first_loss": self.first_loss, "first_grads": self.first_grads,
-                    "weights": weights, "world_size": trainer.world_size},
+                    "weights": weights, "world_size": trainer.world_size,
+                    "encoder_loads": trainer.datamodule.text_encoder.loads},
                    self.out_dir / f"rank{trainer.global_rank}.pt")

@@ -61,7 +61,8 @@ def test_uneven_shards_end_together_on_both_ranks(tmp_path: Path, budget: str):
         "data=webdataset", f"data.shards={shards}", "data.resolution=16", "data.batch_size=4", "data.num_workers=0",
         "data.shuffle_buffer=8", budget, *(["trainer.max_steps=-1"] if "epochs" in budget else []),
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-        "callbacks.sample_grid=null", "callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false",
+        "callbacks.sample_grid.every_n_steps=100", "callbacks.model_checkpoint=null",
+        "trainer.enable_checkpointing=false",
         "+callbacks.probe._target_=tests.ddp_probe.DdpProbe", f"+callbacks.probe.out_dir={probe}",
         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}",
     ]
@@ -72,3 +73,6 @@ def test_uneven_shards_end_together_on_both_ranks(tmp_path: Path, budget: str):
     steps = 10 if "epochs" in budget else 7
     assert [len(r["keys"]) for r in ranks] == [4 * steps] * 2  # full batches, as many on each rank
     torch.testing.assert_close(ranks[0]["weights"], ranks[1]["weights"])
+    # The captions were cached beforehand: only rank 0 loads the encoder, for the sample grid's prompts.
+    assert [r["encoder_loads"] for r in ranks] == [1, 0]
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()  # every rank sampled them

@@ -79,8 +79,14 @@ class SampleGrid(PeriodicSamples):
         self._cond: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The fixed prompts are encoded once, with the encoder the data was cached with.
-        self._cond = trainer.datamodule.text_encoder.encode(self.prompts)
+        # The fixed prompts are encoded once, with the encoder the data was cached with, by rank 0 alone (the others
+        # never load the network), and sent to every rank: all of them sample. Nothing in fit encodes again, so
+        # the network is freed (T5-XXL: 9.5 GB of rank 0's GPU).
+        encoder = trainer.datamodule.text_encoder
+        cond = encoder.encode(self.prompts) if trainer.is_global_zero else None
+        self._cond = trainer.strategy.broadcast(cond, src=0)
+        if trainer.is_global_zero:
+            encoder.release()
 
     def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str | None = None) -> None:
         """Sample the prompts with a fixed seed; write samples/<step or name>.png and log to TensorBoard."""

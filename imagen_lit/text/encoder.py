@@ -144,31 +144,56 @@ class FrozenTextEncoder(nn.Module):
             )
         self.num_layers = available if num_layers is None else num_layers
 
-        torch_dtype = _DTYPES[dtype]
-        if random_init:  # the random-initialised control: same architecture, seeded random weights
-            config.num_hidden_layers = self.num_layers
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_RANDOM_INIT_SEED)
-                model_class = self._model_class(model_type)
-                model = AutoModel.from_config(config) if model_class is AutoModel else model_class(config)
-        else:
-            # transformers 5 renamed torch_dtype to dtype
-            dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-            model = self._model_class(model_type).from_pretrained(path, **{dtype_kwarg: torch_dtype})
-            if self.num_layers < available:
-                parent, attr, layers = _layer_stack(model)
-                setattr(parent, attr, layers[: self.num_layers])
-                model.config.num_hidden_layers = self.num_layers
-        self.model: PreTrainedModel = model.to(device=local_device(device), dtype=torch_dtype)
-        self.model.eval().requires_grad_(False)
+        self._path, self._config, self._model_type = path, config, model_type  # the network loads on first use
+        self.loads = 0  # how many times it was loaded
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "right"  # masks are prefixes of ones; the cache relies on it
-        self.dim: int = int(self.model.config.hidden_size)
+        self.dim: int = int(config.hidden_size)
         self.cache_key: str = (
             f"{_cache_identity(name_or_path, path)}-l{self.num_layers}-len{max_length}"
             f"{'-random' if random_init else ''}{_DTYPE_TAGS[dtype]}"
         )
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The frozen network, loaded onto this process's device on first use: a DDP rank that only reads cached
+        embeddings never holds it (T5-XXL is 9.5 GB in bfloat16)."""
+        if "network" not in self._modules:
+            self._modules["network"] = self._load()  # a submodule from then on: .to(), repr, named_modules
+            self.loads += 1
+        return self._modules["network"]  # type: ignore[return-value]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the network is in memory now (loaded by encode, or by touching `model`)."""
+        return "network" in self._modules
+
+    def release(self) -> None:
+        """Free the network (and its device memory); the next encode loads it again."""
+        self._modules.pop("network", None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load(self) -> PreTrainedModel:
+        config, torch_dtype = self._config, _DTYPES[self.dtype_name]
+        available = config.num_hidden_layers
+        if self.random_init:  # the random-initialised control: same architecture, seeded random weights
+            config.num_hidden_layers = self.num_layers
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_RANDOM_INIT_SEED)
+                model_class = self._model_class(self._model_type)
+                model = AutoModel.from_config(config) if model_class is AutoModel else model_class(config)
+        else:
+            # transformers 5 renamed torch_dtype to dtype
+            dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+            model = self._model_class(self._model_type).from_pretrained(self._path, **{dtype_kwarg: torch_dtype})
+            if self.num_layers < available:
+                parent, attr, layers = _layer_stack(model)
+                setattr(parent, attr, layers[: self.num_layers])
+                model.config.num_hidden_layers = self.num_layers
+        model = model.to(device=local_device(self.device_name), dtype=torch_dtype)
+        return model.eval().requires_grad_(False)
 
     @staticmethod
     def _model_class(model_type: str) -> type:

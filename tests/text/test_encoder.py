@@ -213,3 +213,12 @@ def test_token_lengths_are_the_lengths_encode_masks(minilm: FrozenTextEncoder) -
     captions = ["a red circle", "two green triangles above a yellow star on a grey background", ""]
     _, mask = minilm.encode(captions)
     assert minilm.token_lengths(captions) == mask.sum(1).tolist()
+
+
+def test_the_network_loads_only_when_captions_are_encoded():
+    """A DDP rank that reads cached embeddings needs the width, cache key and tokenizer, never the network."""
+    encoder = FrozenTextEncoder("minilm", num_layers=1)
+    assert not encoder.loaded and encoder.dim == 384 and encoder.token_lengths(["a red circle"]) == [5]
+    assert "-l1-len128" in encoder.cache_key and not encoder.loaded
+    embeds, mask = encoder.encode(["a red circle"])
+    assert encoder.loaded and embeds.shape == (1, 5, 384) and mask.all()
