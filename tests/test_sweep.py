@@ -95,3 +95,13 @@ def test_submitit_local_sweep_writes_its_summary(tmp_path):
     assert swept == ["stage.cond_drop_prob=0.1", "stage.cond_drop_prob=0.2"]
     assert all(r["status"] == "ok" and float(r["hp/final_loss"]) > 0 for r in rows), rows
     assert list(sweep_dir.glob(".submitit/*/*_log.out"))  # the jobs ran through submitit
+
+
+def test_the_readme_slurm_multinode_command_composes(tmp_path):
+    """README's SLURM sweep: 2 nodes x 8 GPUs per job through the submitit launcher, without any '+'."""
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", tmp_path, ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp",
+                                             "trainer.devices=8", "trainer.num_nodes=2", "hydra.launcher.nodes=2"])
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 8
+    assert cfg.hydra.launcher.nodes == 2 and "submitit" in cfg.hydra.launcher._target_
