@@ -171,23 +171,27 @@ class TextAttention(nn.Module):
             pos = self.position(position_features(hgt, wid, self.position_bands, x.device, h.dtype))  # (HW, C)
             h = h + rearrange(pos, "(x y) c -> 1 c x y", x=hgt).to(h.dtype)
         qkv = rearrange(self.to_qkv(h), "b c x y -> b (x y) c")  # (B, HW, 3C) or (B, HW, C)
-        ks, vs, masks = [], [], []
+        ks, vs = [], []
         if self.self_attention:
             q, k, v = qkv.chunk(3, dim=-1)  # (B, HW, C) each
             ks, vs = [k], [v]
-            masks.append(torch.ones(b, hgt * wid, dtype=torch.bool, device=x.device))
         else:
             q = qkv
+        text_keys = 0
         if text_embeds is not None and hasattr(self, "text_to_kv"):
             tk, tv = self.text_to_kv(self.text_norm(text_embeds)).to(q.dtype).chunk(2, dim=-1)  # (B, L, C)
             nk, nv = (n.to(q.dtype).expand(b, 1, c) for n in self.null_kv)  # (B, 1, C)
             ks += [nk, tk]
             vs += [nv, tv]
-            masks += [torch.ones(b, 1, dtype=torch.bool, device=x.device), text_mask]
+            text_keys = tk.shape[1]
         if not ks:
             raise ValueError("cross-attention-only block called without text embeddings")
         k, v = torch.cat(ks, dim=1), torch.cat(vs, dim=1)  # (B, M, C), M = [HW] + [1 + L]
-        mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, M)
+        # No mask unless a text token is padded (text_mask None means none is): SDPA may then use its flash kernel.
+        mask = None
+        if text_keys and text_mask is not None:
+            kept = [torch.ones(b, k.shape[1] - text_keys, dtype=torch.bool, device=x.device), text_mask]
+            mask = torch.cat(kept, dim=1)[:, None, None, :]  # (B, 1, 1, M): image tokens and null always kept
         q, k, v = (rearrange(y, "b n (h d) -> b h n d", h=self.num_heads) for y in (q, k, v))
         out = attention(q, k, v, mask, self.impl)  # (B, heads, HW, d)
         return x + self.out(rearrange(out, "b h (x y) d -> b (h d) x y", x=hgt, y=wid))
@@ -324,12 +328,16 @@ class UNetInputs(nn.Module):
         lowres: Tensor | None,
         aug_level: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """-> (features [B, C, H, W], embedding [B, E], projected text [B, L, D'], text mask [B, L])."""
-        if text_embeds is not None and text_mask is None:
-            text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+        """-> (features [B, C, H, W], embedding [B, E], projected text [B, L, D'], text mask [B, L] or None).
+
+        text_mask None means no token is padded: attention then runs unmasked (SDPA's flash kernel may serve it).
+        """
         if text_embeds is not None and self.text_proj is not None:
             text_embeds = self.text_proj(text_embeds)
-        emb = self.cond(t, text_embeds, text_mask, aug_level, x.dtype)
+        pool_mask = text_mask
+        if text_embeds is not None and text_mask is None:
+            pool_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+        emb = self.cond(t, text_embeds, pool_mask, aug_level, x.dtype)
         return self.conv(lowres_input(x, lowres, self.lowres_cond)), emb, text_embeds, text_mask
 
 

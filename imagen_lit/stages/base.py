@@ -19,6 +19,8 @@ from imagen_lit.zero_checkpoint import DEEPSPEED_EMA_KEY
 
 RNG_STATES_KEY = "rng_states"
 NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
+NOISE_BUCKET_NAMES = tuple(f"train/loss_t{i / NOISE_BUCKETS:.2f}-{(i + 1) / NOISE_BUCKETS:.2f}"
+                           for i in range(NOISE_BUCKETS))
 FP32_INPUTS = ("aug_level",)  # noise levels, kept fp32 like t whatever the weights' dtype
 
 
@@ -35,6 +37,14 @@ def restore_rng_states(states: dict[str, Tensor]) -> None:
     torch.set_rng_state(states["cpu"].cpu())
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"].cpu())
+
+def loss_by_noise_level(losses: Tensor, t: Tensor) -> Tensor:
+    """(NOISE_BUCKETS,) mean of losses [B] per quarter of t [B], NaN where a bucket is empty; no host sync."""
+    bucket = (t * NOISE_BUCKETS).long().clamp(0, NOISE_BUCKETS - 1)  # (B,)
+    sums = torch.zeros(NOISE_BUCKETS, device=losses.device).index_add_(0, bucket, losses.float())
+    counts = torch.bincount(bucket, minlength=NOISE_BUCKETS).to(sums.dtype)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
+
 
 DEFAULT_SAMPLING = {
     "sampler": "dpmpp_2m",
@@ -205,13 +215,12 @@ class BaseStage(L.LightningModule):
         return loss
 
     def log_loss_by_noise_level(self, losses: Tensor, t: Tensor) -> None:
-        """Mean loss per bucket of t: where in the noise range the model is still learning."""
-        bucket = (t * NOISE_BUCKETS).long().clamp(max=NOISE_BUCKETS - 1)  # (B,)
-        for i in range(NOISE_BUCKETS):
-            chosen = bucket == i
-            if chosen.any():
-                name = f"train/loss_t{i / NOISE_BUCKETS:.2f}-{(i + 1) / NOISE_BUCKETS:.2f}"
-                self.log(name, losses[chosen].mean(), batch_size=int(chosen.sum()))
+        """Mean loss per bucket of t: where in the noise range the model is still learning. Only on the steps the
+        logger writes, and without a host sync: per-bucket sums on the device (an empty bucket reads NaN)."""
+        if self._trainer is not None and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps):
+            return
+        for name, value in zip(NOISE_BUCKET_NAMES, loss_by_noise_level(losses, t), strict=True):
+            self.log(name, value, batch_size=losses.shape[0])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.unet.parameters() if p.grad is not None]

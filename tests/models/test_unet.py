@@ -92,3 +92,24 @@ def test_position_features_tell_tokens_of_a_flat_image_apart():
         assert (out.std(dim=1).max() > 1e-4) == distinct
     feats = position_features(2, 3, 2, "cpu", torch.float32)
     assert feats.shape == (6, 8) and torch.unique(feats, dim=0).shape[0] == 6
+
+
+@pytest.mark.parametrize("mode", ["concat", "cross"])
+def test_no_mask_when_nothing_is_padded_gives_the_masked_output(mode, monkeypatch):
+    """text_mask None (no padded token) runs attention unmasked, as SDPA's flash kernel needs; same numbers as an
+    all-True mask. Self-attention without text never builds a mask."""
+    import imagen_lit.models.layers as layers
+
+    unet = tiny_unet(text_attention=mode)
+    x, t, text, _ = inputs()
+    full = torch.ones(text.shape[:2], dtype=torch.bool)
+    masks = []
+    real = layers.attention
+    monkeypatch.setattr(layers, "attention", lambda q, k, v, mask, impl="sdpa": masks.append(mask) or
+                        real(q, k, v, mask, impl))
+    torch.testing.assert_close(unet(x, t, text, None), unet(x, t, text, full))
+    calls = len(masks) // 2
+    assert all(m is None for m in masks[:calls])  # unmasked everywhere without padding
+    assert any(m is not None for m in masks[calls:])  # the masked run did mask the text layers
+    if mode == "cross":  # self-attention-only layers: no mask even when the text is padded
+        assert sum(m is None for m in masks[calls:]) == calls // 2

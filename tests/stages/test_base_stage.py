@@ -112,3 +112,12 @@ def test_compiled_unet_gives_the_eager_loss():
     stage = BaseStage(unet, GaussianDiffusion(CosineSchedule()), optimizer=torch.optim.AdamW, compile=True)
     assert not any(k.startswith("_orig_mod") for k in stage.state_dict())
     assert stage.unet._compiled_call_impl is not None and stage.ema.module._compiled_call_impl is None
+
+
+def test_loss_by_noise_level_is_the_mean_per_quarter_of_t():
+    from imagen_lit.stages.base import loss_by_noise_level
+
+    losses = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0])
+    t = torch.tensor([0.1, 0.2, 0.6, 0.99, 1.0])  # buckets 0, 0, 2, 3, 3 (t = 1 joins the last)
+    out = loss_by_noise_level(losses, t)
+    assert out[0] == 2.0 and out[1].isnan() and out[2] == 5.0 and out[3] == 8.0
