@@ -16,22 +16,24 @@ def _twice(v: Tensor | None) -> Tensor | None:
     return None if v is None else torch.cat([v, v])
 
 
+def stacked_inputs(
+    cond: dict[str, Tensor], null_cond: dict[str, Tensor], shared: dict[str, Tensor]
+) -> dict[str, Tensor | None]:
+    """Network inputs of the [cond; null] batch: (2B, ...) each, conditional first, shared ones twice."""
+    inputs = {k: None if v is None else torch.cat([v, null_cond[k]]) for k, v in cond.items()}
+    inputs.update({k: _twice(v) for k, v in shared.items()})
+    return inputs
+
+
 def _batched_cfg(
     model_fn: Callable[..., Tensor],
     x: Tensor,
     t: Tensor,
-    cond: dict[str, Tensor],
-    null_cond: dict[str, Tensor],
+    inputs: dict[str, Tensor | None],
     guidance_weight: float,
-    shared: dict[str, Tensor],
 ) -> Tensor:
     """One forward pass on [cond; null], then out_u + w (out_c - out_u) (Ho & Salimans 2022 Eq. 6)."""
-    cond_in = {}
-    for k, v in cond.items():
-        u = null_cond[k]
-        cond_in[k] = None if v is None else torch.cat([v, u])  # (2B, ...): conditional first
-    shared_in = {k: _twice(v) for k, v in shared.items()}
-    out = model_fn(torch.cat([x, x]), torch.cat([t, t]), **cond_in, **shared_in)
+    out = model_fn(torch.cat([x, x]), torch.cat([t, t]), **inputs)
     out_c, out_u = out.chunk(2)
     # Mixing the raw output equals mixing eps: eps, v and x0 are affine in the output with coefficients shared
     # by both halves (same x_t, same t), and the weights (w, 1 - w) sum to 1, so the affine map commutes.
@@ -52,4 +54,5 @@ def guided_model_fn(
         raise ValueError(f"null_cond must have the same keys as cond; got {sorted(null_cond)} and {sorted(cond)}")
     if guidance_weight == 1.0 or null_cond is None:
         return lambda x, t: model_fn(x, t, **cond, **shared)
-    return lambda x, t: _batched_cfg(model_fn, x, t, cond, null_cond, guidance_weight, shared)
+    inputs = stacked_inputs(cond, null_cond, shared)  # once, not at every step: the same tensors each step
+    return lambda x, t: _batched_cfg(model_fn, x, t, inputs, guidance_weight)

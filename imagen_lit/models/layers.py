@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from imagen_lit.models.text_cache import cached
+
 
 def zero_init_(module: nn.Module) -> nn.Module:
     """Zero a layer's weights (output layers start as identity/no-op), also when DeepSpeed ZeRO-3 already sharded it.
@@ -67,6 +69,9 @@ class TextPooling(nn.Module):
         self.proj = nn.Sequential(nn.Linear(text_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, text_embeds: Tensor, text_mask: Tensor) -> Tensor:
+        return cached(self, "pooled", (text_embeds, text_mask), lambda: self._pool(text_embeds, text_mask))
+
+    def _pool(self, text_embeds: Tensor, text_mask: Tensor) -> Tensor:
         x = self.norm(text_embeds)
         if self.mode == "mean":
             w = text_mask.to(x.dtype)[..., None]  # (B, L, 1)
@@ -179,7 +184,8 @@ class TextAttention(nn.Module):
             q = qkv
         text_keys = 0
         if text_embeds is not None and hasattr(self, "text_to_kv"):
-            tk, tv = self.text_to_kv(self.text_norm(text_embeds)).to(q.dtype).chunk(2, dim=-1)  # (B, L, C)
+            tk, tv = cached(self, "kv", (text_embeds,),  # (B, L, C) each
+                            lambda: self.text_to_kv(self.text_norm(text_embeds)).to(q.dtype).chunk(2, dim=-1))
             nk, nv = (n.to(q.dtype).expand(b, 1, c) for n in self.null_kv)  # (B, 1, C)
             ks += [nk, tk]
             vs += [nv, tv]
@@ -190,8 +196,8 @@ class TextAttention(nn.Module):
         # No mask unless a text token is padded (text_mask None means none is): SDPA may then use its flash kernel.
         mask = None
         if text_keys and text_mask is not None:
-            kept = [torch.ones(b, k.shape[1] - text_keys, dtype=torch.bool, device=x.device), text_mask]
-            mask = torch.cat(kept, dim=1)[:, None, None, :]  # (B, 1, 1, M): image tokens and null always kept
+            mask = cached(self, "mask", (text_mask,),  # (B, 1, 1, M): image tokens and null always kept
+                          lambda: F.pad(text_mask, (k.shape[1] - text_keys, 0), value=True)[:, None, None, :])
         q, k, v = (rearrange(y, "b n (h d) -> b h n d", h=self.num_heads) for y in (q, k, v))
         out = attention(q, k, v, mask, self.impl)  # (B, heads, HW, d)
         return x + self.out(rearrange(out, "b h (x y) d -> b (h d) x y", x=hgt, y=wid))
@@ -270,7 +276,7 @@ class TextProjection(nn.Module):
         self.proj = nn.Linear(text_dim, out_dim)
 
     def forward(self, text_embeds: Tensor) -> Tensor:
-        return self.proj(self.norm(text_embeds))
+        return cached(self, "projected", (text_embeds,), lambda: self.proj(self.norm(text_embeds)))
 
 
 class ConditionEmbedding(nn.Module):
@@ -336,7 +342,8 @@ class UNetInputs(nn.Module):
             text_embeds = self.text_proj(text_embeds)
         pool_mask = text_mask
         if text_embeds is not None and text_mask is None:
-            pool_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
+            pool_mask = cached(self, "ones", (text_embeds,), lambda: torch.ones(
+                text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device))
         emb = self.cond(t, text_embeds, pool_mask, aug_level, x.dtype)
         return self.conv(lowres_input(x, lowres, self.lowres_cond)), emb, text_embeds, text_mask
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from imagen_lit.diffusion import GaussianDiffusion
 from imagen_lit.models.ema import EMA, ShardedEMA, is_zero3_partitioned
+from imagen_lit.models.text_cache import text_cache
 from imagen_lit.stages.console import expect_eval_modules
 from imagen_lit.zero_checkpoint import DEEPSPEED_EMA_KEY
 
@@ -328,14 +329,15 @@ class BaseStage(L.LightningModule):
             (text_embeds.shape[0], channels, height, width), generator=generator, device=text_embeds.device
         )
         null_cond = {"text_embeds": torch.zeros_like(text_embeds), "text_mask": torch.zeros_like(text_mask)}
-        return self.diffusion.sample(
-            self._net_fn(net),
-            noise,
-            cond={"text_embeds": text_embeds, "text_mask": text_mask},
-            null_cond=null_cond,
-            shared=shared,
-            generator=generator,
-            callback=callback,
-            disable=not progress,
-            **settings,
-        )
+        with text_cache(net):  # the text side (projection, pooling, attention keys/values) once, not every step
+            return self.diffusion.sample(
+                self._net_fn(net),
+                noise,
+                cond={"text_embeds": text_embeds, "text_mask": text_mask},
+                null_cond=null_cond,
+                shared=shared,
+                generator=generator,
+                callback=callback,
+                disable=not progress,
+                **settings,
+            )

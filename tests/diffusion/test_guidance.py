@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from imagen_lit.diffusion import guided_model_fn
-from imagen_lit.diffusion.guidance import _batched_cfg
+from imagen_lit.diffusion.guidance import _batched_cfg, stacked_inputs
 
 B = 3
 
@@ -39,7 +39,7 @@ def test_w1_is_the_conditional_model(inputs):
     out = guided_model_fn(net, cond, null_cond, 1.0, shared)(x, t)
     torch.testing.assert_close(out, net(x, t, **cond, **shared), rtol=0, atol=0)
     assert net.batches[0] == B, "w = 1 must be one plain conditional pass"
-    batched = _batched_cfg(net, x, t, cond, null_cond, 1.0, shared)  # force the two-half combine at w = 1
+    batched = _batched_cfg(net, x, t, stacked_inputs(cond, null_cond, shared), 1.0)  # two halves at w = 1
     torch.testing.assert_close(batched, out)
 
 
