@@ -2,42 +2,27 @@
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor, nn
 
 from imagen_lit.diffusion import GaussianDiffusion
-from imagen_lit.models.ema import EMA, ShardedEMA, is_zero3_partitioned
+from imagen_lit.models.ema import EMA
 from imagen_lit.models.text_cache import text_cache
+from imagen_lit.stages.averaging import StageAverage
 from imagen_lit.stages.console import expect_eval_modules
-from imagen_lit.zero_checkpoint import DEEPSPEED_EMA_KEY
+from imagen_lit.stages.flops import count_flops
+from imagen_lit.stages.optim import cpu_adam, offloads_optimizer
+from imagen_lit.stages.rng import RankRng
 
-RNG_STATES_KEY = "rng_states"
 NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
 NOISE_BUCKET_NAMES = tuple(f"train/loss_t{i / NOISE_BUCKETS:.2f}-{(i + 1) / NOISE_BUCKETS:.2f}"
                            for i in range(NOISE_BUCKETS))
 FP32_INPUTS = ("aug_level",)  # noise levels, kept fp32 like t whatever the weights' dtype
 
-
-def rng_states() -> dict[str, Tensor]:
-    """This process's torch RNG states: CPU, and the current CUDA device's when there is one."""
-    states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state()
-    return states
-
-
-def restore_rng_states(states: dict[str, Tensor]) -> None:
-    """Set the states saved by rng_states()."""
-    torch.set_rng_state(states["cpu"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda"].cpu())
 
 def loss_by_noise_level(losses: Tensor, t: Tensor) -> Tensor:
     """(NOISE_BUCKETS,) mean of losses [B] per quarter of t [B], NaN where a bucket is empty; no host sync."""
@@ -95,11 +80,8 @@ class BaseStage(L.LightningModule):
         self.sampling = {**self.default_sampling, **self.checked_sampling(sampling or {})}
         self.skipped_samples = 0
         self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
-        # Under DeepSpeed the EMA is not a submodule (the engine would cast it to bf16 and, under ZeRO-3, shard it):
-        # it is made in on_fit_start, fp32, and travels in the checkpoint's client state.
-        self._deepspeed_ema: EMA | ShardedEMA | None = None
-        self._pending_deepspeed_ema: dict[str, Any] | None = None
-        self._pending_rng_states: list[dict[str, Any]] | None = None
+        self.average = StageAverage(ema_decay)  # EMA bookkeeping of both paths (the DeepSpeed one outside the module)
+        self.rng = RankRng()  # per-rank RNG streams, exact across resume
         if isinstance(unet, nn.Module):
             self._attach_unet(unet)
 
@@ -115,7 +97,7 @@ class BaseStage(L.LightningModule):
 
     def _attach_unet(self, unet: nn.Module) -> None:
         self.unet = unet.to(memory_format=torch.channels_last) if self.channels_last else unet
-        self.ema = None if self._under_deepspeed() else EMA(self.unet, decay=self.ema_decay)
+        self.ema = self.average.submodule(self.unet, self._under_deepspeed())
         if self.compile_unet:  # in place (state-dict keys unchanged), after the EMA copy: sampling stays eager
             self.unet.compile()
 
@@ -131,20 +113,8 @@ class BaseStage(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.ema is not None:
             expect_eval_modules(len(list(self.ema.module.modules())))
-        if self.trainer.world_size > 1 and self._pending_rng_states is None:
-            # seed_everything gives every rank the same seed: without an offset all ranks would draw the same t and
-            # noise each step, and the global batch would hold world_size copies of one noise draw.
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
-        if not self._under_deepspeed():
-            return
-        if is_zero3_partitioned(self.unet):
-            ema: EMA | ShardedEMA = ShardedEMA(self.unet, decay=self.ema_decay)
-        else:
-            ema = EMA(self.unet, decay=self.ema_decay).float()
-        if self._pending_deepspeed_ema is not None:
-            ema.load_state_dict(self._pending_deepspeed_ema)
-            self._pending_deepspeed_ema = None
-        object.__setattr__(self, "_deepspeed_ema", ema)  # bypass nn.Module registration on purpose
+        self.rng.on_fit_start(self)
+        self.average.on_fit_start(self.unet, self._under_deepspeed())
 
     def _net_fn(self, net: nn.Module) -> Callable[..., Tensor]:
         """The network with its floating inputs cast to its weight dtype (bf16 under DeepSpeed) and fp32 output.
@@ -172,29 +142,8 @@ class BaseStage(L.LightningModule):
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.flops_per_batch is None:
-            self.flops_per_batch = self.count_flops(batch)
-        if self._pending_rng_states is not None:
-            # Restored here, not in on_load_checkpoint: creating the resumed run's data iterator draws from the
-            # global RNG, which the uninterrupted run did at the start of the epoch, before the saved state.
-            restore_rng_states(self._pending_rng_states[self.global_rank])
-            self._pending_rng_states = None
-
-    def count_flops(self, batch: dict[str, Any]) -> int:
-        """Forward + backward FLOPs of one training batch, counted on a meta-device copy of the U-Net."""
-        if self.unet_factory is not None:  # also right under ZeRO-3, where self.unet holds only shards
-            with torch.device("meta"):
-                net = self.unet_factory()
-        else:
-            net = copy.deepcopy(self.unet).to("meta")
-        # fp32 meta inputs whatever the batch dtype (DeepSpeed hands bf16 batches to a fp32 meta copy)
-        meta = {k: torch.empty(v.shape, device="meta", dtype=torch.bool if v.dtype == torch.bool else torch.float32)
-                for k, v in batch.items() if torch.is_tensor(v)}
-        t = torch.empty(meta["images"].shape[0], device="meta")
-        extra = self.flops_inputs(meta, t)
-        return int(measure_flops(
-            net, lambda: net(meta["images"], t, meta["text_embeds"], meta["text_mask"], **extra),
-            loss_fn=torch.Tensor.sum,
-        ))
+            self.flops_per_batch = count_flops(self, batch)
+        self.rng.on_train_batch_start(self)
 
     def flops_inputs(self, meta: dict[str, Tensor], t: Tensor) -> dict[str, Tensor]:
         """Network inputs besides x_t, t and the text for count_flops, from meta copies of the batch."""
@@ -232,7 +181,7 @@ class BaseStage(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         # The EMA follows each optimizer step here, before any callback's on_train_batch_end (ModelCheckpoint):
         # a checkpoint then holds the EMA of the same step as the weights, and resuming from it is exact.
-        (self._deepspeed_ema or self.ema).update(self.unet)
+        self.average.update(self.ema, self.unet)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         norm = self.trainer.strategy.deepspeed_engine.get_global_grad_norm() if self._under_deepspeed() else None
@@ -240,8 +189,8 @@ class BaseStage(L.LightningModule):
             self.log("train/grad_norm", float(norm))
 
     def configure_optimizers(self) -> Any:
-        if self._offloads_optimizer():
-            optimizer = self._cpu_adam(self.unet.parameters())
+        if self._trainer is not None and offloads_optimizer(self.trainer.strategy):
+            optimizer = cpu_adam(self.optimizer_factory, self.unet.parameters())
         else:
             optimizer = self.optimizer_factory(params=self.unet.parameters())
         if self.lr_scheduler_factory is None:
@@ -249,52 +198,15 @@ class BaseStage(L.LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _gather_rng_states(self) -> list[dict[str, Any]]:
-        """Every rank's torch RNG states (CPU and CUDA), gathered so that rank 0's checkpoint holds them all."""
-        state = rng_states()
-        if self._trainer is None or self.trainer.world_size == 1:
-            return [state]
-        gathered = {}
-        for key in ("cpu", "cuda"):
-            if key in state:  # (world, n) uint8 on the collective's device, back on CPU per rank
-                stacked = self.all_gather(state[key].to(self.device))
-                gathered[key] = [t.cpu() for t in stacked]
-        return [{k: v[r] for k, v in gathered.items()} for r in range(self.trainer.world_size)]
-
-    def _offloads_optimizer(self) -> bool:
-        config = getattr(self._trainer.strategy, "config", None) if self._trainer is not None else None
-        return bool(isinstance(config, dict) and config.get("zero_optimization", {}).get("offload_optimizer"))
-
-    def _cpu_adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-        """ZeRO-Offload steps on CPU: the configured Adam/AdamW as DeepSpeedCPUAdam, same hyperparameters."""
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        func = getattr(self.optimizer_factory, "func", None)
-        if func not in (torch.optim.AdamW, torch.optim.Adam):
-            raise ValueError(f"optimizer offload supports Adam/AdamW, got {func}; use deepspeed_zero3 instead")
-        keywords = getattr(self.optimizer_factory, "keywords", {})
-        kwargs = {k: keywords[k] for k in ("lr", "betas", "eps", "weight_decay") if k in keywords}
-        return DeepSpeedCPUAdam(params, adamw_mode=func is torch.optim.AdamW, **kwargs)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_samples"] = self.skipped_samples
-        checkpoint[RNG_STATES_KEY] = self._gather_rng_states()  # noise, t and caption dropout continue exactly
-        if self._deepspeed_ema is not None:  # client state: rank 0's under ZeRO-2, every rank's shard under ZeRO-3
-            checkpoint[DEEPSPEED_EMA_KEY] = self._deepspeed_ema.state_dict()
+        self.rng.save(self, checkpoint)  # noise, t and caption dropout continue exactly
+        self.average.save(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_samples = int(checkpoint.get("skipped_samples", 0))
-        states = checkpoint.get(RNG_STATES_KEY)
-        if states is not None and len(states) == self.trainer.world_size:
-            self._pending_rng_states = states
-        elif states is not None:
-            warnings.warn(f"checkpoint holds RNG states of {len(states)} ranks, this run has "
-                          f"{self.trainer.world_size}: noise and t restart from fresh per-rank seeds", stacklevel=2)
-        if DEEPSPEED_EMA_KEY in checkpoint:
-            if self._deepspeed_ema is not None:
-                self._deepspeed_ema.load_state_dict(checkpoint[DEEPSPEED_EMA_KEY])
-            else:  # DeepSpeed restores before on_fit_start makes the EMA
-                self._pending_deepspeed_ema = checkpoint[DEEPSPEED_EMA_KEY]
+        self.rng.load(self, checkpoint)
+        self.average.load(checkpoint)
 
     @torch.no_grad()
     def generate(
@@ -317,7 +229,7 @@ class BaseStage(L.LightningModule):
         """
         self.checked_sampling(sampling)
         settings = {k: v for k, v in {**self.sampling, **sampling}.items() if k in DEFAULT_SAMPLING}
-        averaged = self._deepspeed_ema or self.ema
+        averaged = self.average.current(self.ema)
         # Under ZeRO-3 the EMA lives in per-rank shards: grids during training use the live weights; sample.py
         # samples the EMA from the converted checkpoint (imagen_lit.zero_checkpoint).
         net = averaged.module if use_ema and isinstance(averaged, EMA) else self.unet

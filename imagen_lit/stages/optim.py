@@ -1,11 +1,34 @@
-"""Learning-rate schedules for the stages (Imagen App. F: linear warmup, then constant; or decayed to zero)."""
+"""Optimizers and learning-rate schedules for the stages (Imagen App. F: linear warmup, then constant; or decayed to
+zero), and the CPU Adam that ZeRO-Offload steps with."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from typing import Any
 
+import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+
+def offloads_optimizer(strategy: Any) -> bool:
+    """Whether a (DeepSpeed) strategy's config offloads the optimizer to CPU."""
+    config = getattr(strategy, "config", None)
+    return bool(isinstance(config, dict) and config.get("zero_optimization", {}).get("offload_optimizer"))
+
+
+def cpu_adam(optimizer_factory: Callable[..., Optimizer], params: Iterable[nn.Parameter]) -> Optimizer:
+    """ZeRO-Offload steps on CPU: the configured Adam/AdamW (a partial) as DeepSpeedCPUAdam, same hyperparameters."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    func = getattr(optimizer_factory, "func", None)
+    if func not in (torch.optim.AdamW, torch.optim.Adam):
+        raise ValueError(f"optimizer offload supports Adam/AdamW, got {func}; use deepspeed_zero3 instead")
+    keywords = getattr(optimizer_factory, "keywords", {})
+    kwargs = {k: keywords[k] for k in ("lr", "betas", "eps", "weight_decay") if k in keywords}
+    return DeepSpeedCPUAdam(params, adamw_mode=func is torch.optim.AdamW, **kwargs)
 
 
 def linear_warmup(optimizer: Optimizer, warmup_steps: int = 10000) -> LambdaLR:

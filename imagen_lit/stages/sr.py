@@ -115,7 +115,7 @@ class SRStage(BaseStage):
         return {"lowres": lowres, "aug_level": aug_level}
 
     def flops_inputs(self, meta: dict[str, Tensor], t: Tensor) -> dict[str, Tensor]:
-        """The low-res image and its aug_level, for BaseStage.count_flops."""
+        """The low-res image and its aug_level, for imagen_lit.stages.flops.count_flops."""
         return {"lowres": meta["lowres"], "aug_level": t}
 
     def output_size(self, lowres: Tensor) -> tuple[int, int]:
