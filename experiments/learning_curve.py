@@ -5,6 +5,7 @@ held-out scenes, so one command shows whether a recipe still learns as fast (a b
         callbacks.model_checkpoint.every_n_train_steps=300
     python experiments/learning_curve.py outputs/lc/quickstart --num-scenes 200 --png curve.png --json curve.json
     python experiments/learning_curve.py old=outputs/lc/old new=outputs/lc/new --png curves.png   # several runs
+    python experiments/learning_curve.py --saved a.json b.json --png both.png   # re-plot saved curves, no scoring
 
 Minutes are the checkpoint file's time since training began (the first logged train/loss, less the time of the
 steps before it): the one-off set-up (rendering the world, encoding its captions) is left out, since later runs
@@ -85,7 +86,8 @@ def curve(run_dir: Path, args: argparse.Namespace) -> list[dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="run folders, optionally labelled: label=folder")
+    parser.add_argument("runs", nargs="*", help="run folders, optionally labelled: label=folder")
+    parser.add_argument("--saved", nargs="+", type=Path, default=[], help="--json files of earlier runs, added as is")
     parser.add_argument("--num-scenes", type=int, default=200)
     parser.add_argument("--scene-seed", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=50)
@@ -93,7 +95,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="all rows, per run")
     args = parser.parse_args()
     runs = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.runs)
-    results = {label: curve(Path(folder), args) for label, folder in runs.items()}
+    results = {label: rows for path in args.saved for label, rows in json.loads(path.read_text()).items()}
+    results.update({label: curve(Path(folder), args) for label, folder in runs.items()})
+    if not results:
+        parser.error("give run folders to score, or --saved curves to plot")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.png:

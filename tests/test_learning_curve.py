@@ -21,6 +21,10 @@ def test_learning_curve_scores_every_step_checkpoint(train_cfg, tmp_path, monkey
     assert [r["step"] for r in rows] == [2, 4] and rows[0]["minutes"] <= rows[1]["minutes"]
     assert all(0 <= r["overall_lo"] <= r["overall"] <= r["overall_hi"] <= 1 and r["n_images"] == 3 for r in rows)
     assert (tmp_path / "curve.png").stat().st_size > 0
+    # Saved curves are re-plotted with new runs, or alone, without scoring them again.
+    monkeypatch.setattr("sys.argv", ["learning_curve.py", "--saved", str(out), "--png", str(tmp_path / "again.png")])
+    main()
+    assert (tmp_path / "again.png").stat().st_size > 0
 
 
 def test_a_folder_without_step_checkpoints_is_one_line(tmp_path):
