@@ -101,6 +101,19 @@ def test_resume_continues_the_step_count(trained, tmp_path, shared_data_dir):
     assert state["global_step"] == 6
 
 
+def test_a_run_that_stops_between_periodic_saves_checkpoints_its_last_step(tmp_path, shared_data_dir):
+    """max_time, an early stop or a step budget off the save period: last.ckpt is the final step, not the one before."""
+    from tests.conftest import TINY
+
+    cfg = compose_config("train", tmp_path / "run", TINY + [f"paths.data_dir={shared_data_dir}", "trainer.max_steps=3",
+                                                            "callbacks.sample_grid=null"])
+    train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*.ckpt")) == ["step_0000002.ckpt", "step_0000003.ckpt"]
+    state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3
+
+
 def test_resume_automatically_from_the_run_folder(trained, shared_data_dir, caplog):
     """ckpt_path=last in the same run folder (hydra.run.dir=<run>) picks up its last checkpoint by itself."""
     from tests.conftest import TINY

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from imagen_lit.images import make_grid, save_png
 
@@ -137,3 +138,16 @@ class SaveRunConfig(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[CHECKPOINT_CONFIG_KEY] = self.config
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also saves the final step when training stops between two periodic saves (max_time,
+    an early stop, or a step budget that is not a multiple of every_n_train_steps), so last.ckpt is the trained model
+    and not the one up to a few hundred steps before it."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
