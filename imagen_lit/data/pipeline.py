@@ -232,7 +232,7 @@ class Batcher:
 
 class BatchQuota:
     """A fixed epoch: this rank's `per_rank` batches, dealt over its workers (worker w takes per_rank // W, one more
-    for w < per_rank % W). Fed by a cycling ShardList, so each worker always fills its share."""
+    for w < per_rank % W). Fed by cycling Passes, so each worker always fills its share."""
 
     def __init__(self, per_rank: int) -> None:
         if per_rank < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -121,13 +122,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, impl: str = 
     return scores.softmax(dim=-1) @ v
 
 
+@functools.lru_cache(maxsize=32)  # a constant per (size, device, dtype): made once, not at every attention call
 def position_features(height: int, width: int, bands: int, device, dtype) -> Tensor:
     """Fourier features of each token's centre in [0, 1]^2: sin and cos of 2^k pi y and 2^k pi x -> (H*W, 4 bands)."""
-    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (HW, 2): y, x
-    angles = grid[:, :, None] * (math.pi * 2.0 ** torch.arange(bands, device=device))  # (HW, 2, bands)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(height * width, 4 * bands).to(dtype)
+    with torch.inference_mode(False):  # cached: never an inference tensor that training could not save
+        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (HW, 2): y, x
+        angles = grid[:, :, None] * (math.pi * 2.0 ** torch.arange(bands, device=device))  # (HW, 2, bands)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(height * width, 4 * bands).to(dtype)
 
 
 class TextAttention(nn.Module):

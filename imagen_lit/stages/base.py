@@ -73,7 +73,6 @@ class BaseStage(L.LightningModule):
         self.diffusion = diffusion
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.ema_decay = ema_decay
         self.cond_drop_prob = cond_drop_prob
         self.channels_last = channels_last
         self.compile_unet = compile
