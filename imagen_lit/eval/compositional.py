@@ -280,6 +280,25 @@ def _relation_seen(subject: Detection, relation: str, obj: Detection) -> bool:
     return dy < 0 and abs(dx) < abs(dy)  # below
 
 
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def relation_outcome(detections: Sequence[Detection], scene: Scene | str | Mapping) -> str:
+    """Where a spatial scene's position claim went: 'missing' (a named object not found), 'correct', 'reversed'
+    (the opposite relation holds) or 'perpendicular'. With both objects found and the relation ignored, 'correct'
+    holds about a quarter of the time."""
+    scene = _as_scene(scene)
+    if scene.kind != "spatial":
+        raise ValueError(f"relation_outcome needs a spatial scene, got kind {scene.kind!r}")
+    s, rel, o = scene.relations[0]
+    subject, obj = _find(detections, scene.objects[s]), _find(detections, scene.objects[o])
+    if subject is None or obj is None:
+        return "missing"
+    if _relation_seen(subject, rel, obj):
+        return "correct"
+    return "reversed" if _relation_seen(subject, OPPOSITE[rel], obj) else "perpendicular"
+
+
 def _name(o: SceneObject) -> str:
     return f"{o.colour} {o.shape}"
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from imagen_lit.models.inputs import UNetInputs
 from imagen_lit.models.layers import (
     AttentionStack,
     ResBlock,
-    UNetInputs,
     group_norm,
     zero_init_,
 )
@@ -112,6 +112,7 @@ class EfficientUNet(nn.Module):
         attention_impl: str = "sdpa",
         gradient_checkpointing: bool = False,
         position_bands: int = 0,
+        text_layers: int = 0,
     ):
         super().__init__()
         n = len(block_channels)
@@ -128,7 +129,7 @@ class EfficientUNet(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * base_channels
         self.inputs = UNetInputs(
-            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond
+            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers
         )
         text_dim = self.inputs.text_dim
 

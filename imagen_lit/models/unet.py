@@ -8,11 +8,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from imagen_lit.models.inputs import UNetInputs
 from imagen_lit.models.layers import (
     AttentionStack,
     Downsample,
     ResBlock,
-    UNetInputs,
     Upsample,
     group_norm,
     zero_init_,
@@ -51,6 +51,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         attention_impl: str = "sdpa",
         gradient_checkpointing: bool = False,
+        text_layers: int = 0,
     ):
         super().__init__()
         levels = len(channel_mults)
@@ -65,7 +66,7 @@ class UNet(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * base_channels
         self.inputs = UNetInputs(
-            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond
+            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers
         )
         text_dim = self.inputs.text_dim
 

@@ -12,6 +12,7 @@ from imagen_lit.eval.compositional import (
     check_detections,
     check_scene,
     detect_objects,
+    relation_outcome,
     scene_detections,
     score_batch,
     score_scene,
@@ -131,6 +132,22 @@ def test_a_wrong_relation_flips_the_check():
         checks = check_scene(image, dataclasses.replace(scene, relations=[(s, wrong, o)]))
         assert [c.passed for c in checks] == [True, True, False]  # both objects seen, the relation is not
     assert score_scene(image, dataclasses.replace(scene, relations=[(o, rel, s)])) == {"position": False}
+
+
+def test_relation_outcome_names_where_the_claim_went():
+    scene = first_of_kind("spatial")
+    found = detect_objects(np.asarray(render_scene(scene, 32)))
+    s, rel, o = scene.relations[0]
+    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    perpendicular = {"left of": "above", "right of": "below", "above": "left of", "below": "right of"}
+    assert relation_outcome(found, scene) == "correct"
+    for claimed, outcome in ((opposite[rel], "reversed"), (perpendicular[rel], "perpendicular")):
+        assert relation_outcome(found, dataclasses.replace(scene, relations=[(s, claimed, o)])) == outcome
+    other = next(c for c in COLOURS if c not in {ob.colour for ob in scene.objects})
+    unseen = [dataclasses.replace(scene.objects[0], colour=other), scene.objects[1]]
+    assert relation_outcome(found, dataclasses.replace(scene, objects=unseen)) == "missing"
+    with pytest.raises(ValueError, match="needs a spatial scene"):
+        relation_outcome(found, first_of_kind("binding"))
 
 
 def test_spec_as_json_or_dict():

@@ -1,0 +1,80 @@
+"""What every U-Net does first (Imagen App. B): the text side once per call, the conditioning embedding, and the
+input convolution (with the low-res image for super-resolution stages)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imagen_lit.models.layers import ConditionEmbedding, TextProjection
+from imagen_lit.models.text_cache import cached
+from imagen_lit.models.text_refiner import TextRefiner
+
+
+class UNetInputs(nn.Module):
+    """What every U-Net does first: project the text once (and refine it with `text_layers` trainable transformer
+    blocks, if any), embed time + pooled text (+ aug level), concatenate the upsampled low-res image for SR models,
+    and apply the input convolution."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        base_channels: int,
+        emb_dim: int,
+        text_dim: int | None,
+        text_proj_dim: int | None,
+        text_pooling: str,
+        lowres_cond: bool,
+        text_layers: int = 0,
+    ):
+        super().__init__()
+        if text_layers < 0:
+            raise ValueError(f"text_layers must be >= 0, got {text_layers}")
+        self.lowres_cond = lowres_cond
+        self.text_proj = TextProjection(text_dim, text_proj_dim) if text_dim and text_proj_dim else None
+        self.text_dim = text_proj_dim if self.text_proj is not None else text_dim  # what attention layers see
+        if text_layers and not text_dim:
+            raise ValueError("text_layers > 0 needs a text-conditioned U-Net (text_dim set)")
+        self.text_refiner = TextRefiner(self.text_dim, text_layers) if text_layers else None
+        self.cond = ConditionEmbedding(base_channels, emb_dim, self.text_dim, text_pooling, aug_level=lowres_cond)
+        self.conv = nn.Conv2d(in_channels * (2 if lowres_cond else 1), base_channels, 3, padding=1)
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        text_embeds: Tensor | None,
+        text_mask: Tensor | None,
+        lowres: Tensor | None,
+        aug_level: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """-> (features [B, C, H, W], embedding [B, E], projected text [B, L, D'], text mask [B, L] or None).
+
+        text_mask None means no token is padded: attention then runs unmasked (SDPA's flash kernel may serve it).
+        """
+        if text_embeds is not None and self.text_proj is not None:
+            text_embeds = self.text_proj(text_embeds)
+        if text_embeds is not None and self.text_refiner is not None:
+            text_embeds = self.text_refiner(text_embeds, text_mask)  # (B, L, D'): what pooling and attention see
+        pool_mask = text_mask
+        if text_embeds is not None and text_mask is None:
+            pool_mask = cached(self, "ones", (text_embeds,), lambda: torch.ones(
+                text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device))
+        emb = self.cond(t, text_embeds, pool_mask, aug_level, x.dtype)
+        return self.conv(lowres_input(x, lowres, self.lowres_cond)), emb, text_embeds, text_mask
+
+
+def lowres_input(x: Tensor, lowres: Tensor | None, expected: bool) -> Tensor:
+    """Concatenate the low-res conditioning image, upsampled to x's size, on channels (Imagen Sec. 2.4)."""
+    if not expected:
+        if lowres is not None:
+            raise ValueError("lowres given to a U-Net built without lowres_cond")
+        return x
+    if lowres is None:
+        raise ValueError("this U-Net is a super-resolution model: pass lowres [B, C, h, w]")
+    if lowres.shape[0] != x.shape[0] or lowres.shape[1] != x.shape[1]:
+        raise ValueError(f"lowres must be [B={x.shape[0]}, C={x.shape[1]}, h, w], got {tuple(lowres.shape)}")
+    if lowres.shape[-2:] != x.shape[-2:]:
+        lowres = F.interpolate(lowres, size=x.shape[-2:], mode="bicubic", align_corners=False)
+    return torch.cat([x, lowres.to(x.dtype)], dim=1)
