@@ -39,8 +39,8 @@ class RefinerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), zero_init_(nn.Linear(4 * dim, dim)))
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
-        """x (B, 1 + L, D) with a null token first; positions (1 + L, D); mask (B, 1, 1, 1 + L), True = attend."""
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None) -> Tensor:
+        """x (B, 1 + L, D), a null token first; positions (1 + L, D); mask (B, 1, 1, 1 + L) True = attend, or None."""
         h = self.norm1(x)
         q, k = self.to_qk(h + positions).chunk(2, dim=-1)  # (B, N, D) each
         v = self.to_v(h)
@@ -69,8 +69,8 @@ class TextRefiner(nn.Module):
     def _refine(self, text_embeds: Tensor, text_mask: Tensor | None) -> Tensor:
         b, length, dim = text_embeds.shape
         x = torch.cat([self.null_token.expand(b, -1, -1).to(text_embeds.dtype), text_embeds], dim=1)  # (B, 1+L, D)
-        keep = torch.ones(b, length, dtype=torch.bool, device=x.device) if text_mask is None else text_mask
-        mask = F.pad(keep, (1, 0), value=True)[:, None, None, :]  # (B, 1, 1, 1 + L): the null token always kept
+        # No mask when no token is padded (the U-Net's convention): SDPA may then pick its fused kernel.
+        mask = None if text_mask is None else F.pad(text_mask, (1, 0), value=True)[:, None, None, :]  # (B,1,1,1+L)
         positions = token_positions(length + 1, dim, x.device, x.dtype)  # (1 + L, D)
         for block in self.blocks:
             x = block(x, positions, mask)
