@@ -36,9 +36,10 @@ from imagen_lit.data.pipeline import (
 )
 from imagen_lit.data.shards import build_embedding_cache, read_manifest, stale_caches, write_synthetic_shards
 from imagen_lit.data.sources import cache_paths, expand_shards, is_local
+from imagen_lit.data.world import check_kinds
 from imagen_lit.text.cache import cache_rows
 
-SYNTHETIC_KEYS = ("num_scenes", "seed", "resolution", "samples_per_shard", "image_format")
+SYNTHETIC_KEYS = ("num_scenes", "seed", "resolution", "samples_per_shard", "image_format", "kinds")
 
 
 class TextImageDataModule(lightning.LightningDataModule):
@@ -99,6 +100,8 @@ class TextImageDataModule(lightning.LightningDataModule):
         s = self.synthetic
         name = (f"synthetic-n{s['num_scenes']}-r{s['resolution']}-seed{s['seed']}-"
                 f"sps{s['samples_per_shard']}-{s['image_format']}")
+        if s.get("kinds") is not None:  # another kind mix is another dataset: e.g. -kinds-single0.2-spatial0.4
+            name += "-kinds-" + "-".join(f"{k}{float(w):g}" for k, w in check_kinds(dict(s["kinds"])).items())
         return os.path.join(self.data_dir, name)
 
     def _shard_urls(self) -> list[str]:

@@ -16,16 +16,16 @@ from webdataset.tariterators import base_plus_ext
 
 from imagen_lit.data.render import render_scene
 from imagen_lit.data.sources import cache_paths, is_local, shard_name
-from imagen_lit.data.world import Scene, sample_scene
+from imagen_lit.data.world import Scene, check_kinds, sample_scene
 from imagen_lit.text.cache import read_metadata, write_embeddings
 
 MANIFEST = "manifest.json"
 IMAGE_FORMATS = ("png", "jpg")
 
 
-def synthetic_scene(seed: int, index: int) -> Scene:
-    """Scene number `index` of the dataset with this seed; independent of shard size and order."""
-    return sample_scene(random.Random(f"imagen-lit/{seed}/{index}"))
+def synthetic_scene(seed: int, index: int, kinds: dict[str, float] | None = None) -> Scene:
+    """Scene number `index` of the dataset with this seed (and kind mix); independent of shard size and order."""
+    return sample_scene(random.Random(f"imagen-lit/{seed}/{index}"), kinds)
 
 
 def write_synthetic_shards(
@@ -35,8 +35,12 @@ def write_synthetic_shards(
     seed: int,
     samples_per_shard: int = 1000,
     image_format: str = "png",
+    kinds: dict[str, float] | None = None,
 ) -> list[str]:
-    """Render scenes into out_dir/shard-NNNNNN.tar (key, image, txt, json); reuse a complete identical set."""
+    """Render scenes into out_dir/shard-NNNNNN.tar (key, image, txt, json); reuse a complete identical set.
+
+    kinds: the scene kinds' weights (default the world's own, world.KINDS).
+    """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     if num_scenes < 1 or samples_per_shard < 1 or resolution < 1:
@@ -45,6 +49,9 @@ def write_synthetic_shards(
     out_dir = os.path.abspath(out_dir)
     params = {"num_scenes": num_scenes, "resolution": resolution, "seed": seed,
               "samples_per_shard": samples_per_shard, "image_format": image_format}
+    if kinds is not None:  # only when set, so datasets written before the option keep their manifests
+        kinds = check_kinds(dict(kinds))
+        params["kinds"] = kinds
     existing = read_manifest(out_dir, params)
     if existing is not None:
         return existing
@@ -63,7 +70,7 @@ def write_synthetic_shards(
         # an int mtime: a float one makes tarfile add a 1 KiB PAX header to every member
         with wds.TarWriter(os.path.join(tmp, names[-1]), encoder=False, mtime=0) as sink:
             for index in range(start, stop):
-                scene = synthetic_scene(seed, index)
+                scene = synthetic_scene(seed, index, kinds)
                 sink.write({
                     "__key__": f"{index:08d}",
                     image_format: _encode(render_scene(scene, resolution), image_format),

@@ -98,15 +98,28 @@ def relation_holds(subject: SceneObject, relation: str, obj: SceneObject, margin
     raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
 
 
-def sample_scene(rng: random.Random) -> Scene:
-    """Sample a scene and a true caption for it; deterministic given the rng's state."""
-    kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+def sample_scene(rng: random.Random, kinds: dict[str, float] | None = None) -> Scene:
+    """Sample a scene and a true caption for it; deterministic given the rng's state.
+
+    kinds: weights of the scene kinds (default KINDS, the held-out world's mix); a training set may draw another.
+    """
+    kinds = KINDS if kinds is None else check_kinds(kinds)
+    kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
     while True:  # rejection sampling: retry the whole layout when objects can't be placed
         scene = _sample_layout(rng, kind)
         if scene is not None:
             break
     scene.caption = make_caption(scene, rng)
     return scene
+
+
+def check_kinds(kinds: dict[str, float]) -> dict[str, float]:
+    """The kind weights as floats, or a one-line error naming the known kinds."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds or any(float(w) < 0 for w in kinds.values()) or sum(map(float, kinds.values())) <= 0:
+        raise ValueError(f"scene kinds must map some of {tuple(KINDS)} to weights >= 0 with a positive sum, got "
+                         f"{dict(kinds)}")
+    return {k: float(kinds[k]) for k in KINDS if k in kinds}
 
 
 def _sample_layout(rng: random.Random, kind: str) -> Scene | None:

@@ -60,6 +60,7 @@ class GaussianDiffusion:
         prediction: str = "eps",
         loss_weighting: str = "none",
         min_snr_gamma: float = 5.0,
+        min_snr_floor: float = 0.0,
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -67,26 +68,33 @@ class GaussianDiffusion:
             raise ValueError(f"unknown loss_weighting {loss_weighting!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}")
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+        if not 0 <= min_snr_floor <= min_snr_gamma:
+            raise ValueError(f"min_snr_floor must be in [0, min_snr_gamma={min_snr_gamma}], got {min_snr_floor}")
+        if min_snr_floor > 0 and prediction == "eps":
+            raise ValueError("min_snr_floor > 0 weighs eps-MSE by floor / SNR at high noise (unbounded); use "
+                             "prediction=v or x0")
         self.schedule = schedule
         self.prediction = prediction
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
+        self.min_snr_floor = min_snr_floor
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule!r}, prediction={self.prediction!r}, "
-                f"loss_weighting={self.loss_weighting!r})")
+                f"loss_weighting={self.loss_weighting!r}, min_snr_floor={self.min_snr_floor})")
 
     def loss_weight(self, t: Tensor) -> Tensor:
         """Per-sample weight [B] of the target's MSE; min_snr: the x0-MSE weight min(SNR, gamma) (Hang et al. 2023).
 
         In x0 terms eps-MSE weighs SNR and v-MSE weighs SNR + 1, so the target's MSE is scaled by
-        min(SNR, gamma) / SNR, / (SNR + 1) or / 1: the noisiest levels, where layout is decided, keep full
-        weight and nearly clean levels stop dominating the gradient.
+        min(SNR, gamma) / SNR, / (SNR + 1) or / 1, so nearly clean levels stop dominating the gradient. The noisiest
+        levels, where layout is decided, then weigh SNR -> 0 in x0 terms; min_snr_floor f > 0 (not in Hang et al.)
+        lifts that to clamp(SNR, f, gamma): f = 1 keeps v-MSE's own weight there (SNR + 1 ~ 1).
         """
         if self.loss_weighting == "none":
             return torch.ones_like(t, dtype=torch.float32)
         snr = torch.exp(self.schedule.log_snr(t).float())
-        clipped = snr.clamp(max=self.min_snr_gamma)
+        clipped = snr.clamp(min=self.min_snr_floor, max=self.min_snr_gamma)
         if self.prediction == "eps":
             return clipped / snr
         if self.prediction == "v":

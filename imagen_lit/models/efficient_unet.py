@@ -113,6 +113,7 @@ class EfficientUNet(nn.Module):
         gradient_checkpointing: bool = False,
         position_bands: int = 0,
         text_layers: int = 0,
+        input_position_bands: int = 0,
     ):
         super().__init__()
         n = len(block_channels)
@@ -129,7 +130,8 @@ class EfficientUNet(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * base_channels
         self.inputs = UNetInputs(
-            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers
+            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers,
+            input_position_bands,
         )
         text_dim = self.inputs.text_dim
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
-from imagen_lit.models.layers import ConditionEmbedding, TextProjection
+from imagen_lit.models.layers import ConditionEmbedding, TextProjection, position_features
 from imagen_lit.models.text_cache import cached
 from imagen_lit.models.text_refiner import TextRefiner
 
 
 class UNetInputs(nn.Module):
     """What every U-Net does first: project the text once (and refine it with `text_layers` trainable transformer
-    blocks, if any), embed time + pooled text (+ aug level), concatenate the upsampled low-res image for SR models,
-    and apply the input convolution."""
+    blocks, if any), embed time + pooled text (+ aug level), concatenate the upsampled low-res image for SR models
+    (and, with `input_position_bands`, Fourier features of each pixel's place: CoordConv, Liu et al. 2018), and apply
+    the input convolution."""
 
     def __init__(
         self,
@@ -27,10 +29,14 @@ class UNetInputs(nn.Module):
         text_pooling: str,
         lowres_cond: bool,
         text_layers: int = 0,
+        input_position_bands: int = 0,
     ):
         super().__init__()
         if text_layers < 0:
             raise ValueError(f"text_layers must be >= 0, got {text_layers}")
+        if input_position_bands < 0:
+            raise ValueError(f"input_position_bands must be >= 0, got {input_position_bands}")
+        self.input_position_bands = input_position_bands
         self.lowres_cond = lowres_cond
         self.text_proj = TextProjection(text_dim, text_proj_dim) if text_dim and text_proj_dim else None
         self.text_dim = text_proj_dim if self.text_proj is not None else text_dim  # what attention layers see
@@ -38,7 +44,8 @@ class UNetInputs(nn.Module):
             raise ValueError("text_layers > 0 needs a text-conditioned U-Net (text_dim set)")
         self.text_refiner = TextRefiner(self.text_dim, text_layers) if text_layers else None
         self.cond = ConditionEmbedding(base_channels, emb_dim, self.text_dim, text_pooling, aug_level=lowres_cond)
-        self.conv = nn.Conv2d(in_channels * (2 if lowres_cond else 1), base_channels, 3, padding=1)
+        conv_in = in_channels * (2 if lowres_cond else 1) + 4 * input_position_bands
+        self.conv = nn.Conv2d(conv_in, base_channels, 3, padding=1)
 
     def forward(
         self,
@@ -62,7 +69,13 @@ class UNetInputs(nn.Module):
             pool_mask = cached(self, "ones", (text_embeds,), lambda: torch.ones(
                 text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device))
         emb = self.cond(t, text_embeds, pool_mask, aug_level, x.dtype)
-        return self.conv(lowres_input(x, lowres, self.lowres_cond)), emb, text_embeds, text_mask
+        h = lowres_input(x, lowres, self.lowres_cond)
+        if self.input_position_bands:
+            b, _, hgt, wid = h.shape
+            pos = position_features(hgt, wid, self.input_position_bands, h.device, h.dtype)  # (HW, 4 bands)
+            pos = rearrange(pos, "(y x) c -> 1 c y x", y=hgt).expand(b, -1, -1, -1)  # (B, 4 bands, H, W)
+            h = torch.cat([h, pos], dim=1)
+        return self.conv(h), emb, text_embeds, text_mask
 
 
 def lowres_input(x: Tensor, lowres: Tensor | None, expected: bool) -> Tensor:

@@ -52,6 +52,7 @@ class UNet(nn.Module):
         attention_impl: str = "sdpa",
         gradient_checkpointing: bool = False,
         text_layers: int = 0,
+        input_position_bands: int = 0,
     ):
         super().__init__()
         levels = len(channel_mults)
@@ -66,7 +67,8 @@ class UNet(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * base_channels
         self.inputs = UNetInputs(
-            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers
+            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers,
+            input_position_bands,
         )
         text_dim = self.inputs.text_dim
 

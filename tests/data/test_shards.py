@@ -117,3 +117,17 @@ def test_embedding_cache_skips_missing_captions_and_rebuilds_stale(tmp_path, fak
     os.utime(shard, ns=(1, 1))  # a rewritten shard (new size and mtime) invalidates its cache
     build_embedding_cache([shard], fake_encoder, cache_dir=None)
     assert set(load_embeddings(cache)) == {"z"}
+
+
+def test_kind_mix_is_part_of_the_dataset(tmp_path):
+    """A synthetic set with another kind mix is written with it, named by it, and not confused with the default."""
+    from imagen_lit.data import TextImageDataModule
+
+    paths = write_synthetic_shards(str(tmp_path / "ds"), 6, 16, seed=0, samples_per_shard=3, kinds={"spatial": 1})
+    kinds = [json.loads(s["json"])["kind"] for p in paths for s in wds.WebDataset(p, shardshuffle=False)]
+    assert kinds == ["spatial"] * 6
+    assert json.load(open(tmp_path / "ds" / "manifest.json"))["kinds"] == {"spatial": 1.0}
+    default = TextImageDataModule(None, synthetic={"num_scenes": 6}, resolution=16, data_dir=str(tmp_path))
+    mixed = TextImageDataModule(None, synthetic={"num_scenes": 6, "kinds": {"spatial": 0.5, "single": 0.5}},
+                                resolution=16, data_dir=str(tmp_path))
+    assert default.synthetic_dir != mixed.synthetic_dir and mixed.synthetic_dir.endswith("-kinds-single0.5-spatial0.5")

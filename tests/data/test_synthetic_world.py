@@ -135,3 +135,19 @@ def test_single_object_colour_fidelity(resolution):
     for s in sampled:
         mean = _foreground_mean(render_scene(s, resolution))
         assert _nearest_colour(mean) == s.objects[0].colour, s.caption
+
+
+def test_kind_weights_change_the_training_mix_only():
+    """kinds picks the training mix of scene kinds; the default stays the world's (what held-out scenes use)."""
+    from imagen_lit.data.world import KINDS, check_kinds
+
+    spatial = [synthetic_scene(0, i, {"spatial": 1.0}) for i in range(40)]
+    assert {s.kind for s in spatial} == {"spatial"}
+    assert all(len(s.relations) == 1 for s in spatial)
+    mixed = Counter(synthetic_scene(0, i, {"single": 1, "spatial": 3}).kind for i in range(2000))
+    assert set(mixed) == {"single", "spatial"} and 0.7 < mixed["spatial"] / 2000 < 0.8
+    assert [synthetic_scene(0, i).to_json() for i in range(10)] == \
+        [synthetic_scene(0, i, dict(KINDS)).to_json() for i in range(10)]
+    for bad in ({"spatial": -1.0}, {"relations": 1.0}, {}, {"single": 0.0}):
+        with pytest.raises(ValueError, match="scene kinds must map some of"):
+            check_kinds(bad)

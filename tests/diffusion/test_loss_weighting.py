@@ -25,6 +25,24 @@ def test_min_snr_loss_is_clipped_snr_times_x0_error(prediction):
     torch.testing.assert_close(losses, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_min_snr_floor_keeps_weight_at_high_noise(prediction):
+    """min_snr_floor f: the weighted loss is clamp(SNR, f, gamma) * ||x0_hat - x0||^2, so the noisiest levels keep
+    weight f in x0 terms (f = 1 is v-MSE's own weight there) instead of SNR -> 0."""
+    gamma, floor = 5.0, 1.0
+    diffusion = GaussianDiffusion(CosineSchedule(), prediction, "min_snr", min_snr_gamma=gamma, min_snr_floor=floor)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, out = (torch.randn(6, 3, 4, 4, generator=g) for _ in range(3))
+    t = torch.tensor([0.02, 0.1, 0.3, 0.5, 0.8, 0.99])
+    losses, _ = diffusion.training_loss(lambda x_t, t: out, x0, t=t, noise=noise)
+    x0_hat, _ = diffusion.to_x0_eps(out, diffusion.q_sample(x0, t, noise), t)
+    snr = torch.exp(diffusion.schedule.log_snr(t))
+    expected = snr.clamp(min=floor, max=gamma) * ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(losses, expected, rtol=1e-4, atol=1e-6)
+    plain = GaussianDiffusion(CosineSchedule(), prediction, "min_snr", min_snr_gamma=gamma).loss_weight(t)
+    assert (diffusion.loss_weight(t)[-2:] > 5 * plain[-2:]).all()  # t = 0.8, 0.99: SNR 0.1 and ~0
+
+
 def test_no_weighting_is_plain_mse():
     diffusion = GaussianDiffusion(CosineSchedule(), "v")
     x0, noise, out = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
@@ -39,6 +57,10 @@ def test_bad_weighting_is_one_line():
         GaussianDiffusion(CosineSchedule(), loss_weighting="snr+1")
     with pytest.raises(ValueError, match="min_snr_gamma"):
         GaussianDiffusion(CosineSchedule(), loss_weighting="min_snr", min_snr_gamma=0)
+    with pytest.raises(ValueError, match="min_snr_floor must be in"):
+        GaussianDiffusion(CosineSchedule(), "v", loss_weighting="min_snr", min_snr_floor=6.0)
+    with pytest.raises(ValueError, match="use prediction=v or x0"):
+        GaussianDiffusion(CosineSchedule(), "eps", loss_weighting="min_snr", min_snr_floor=1.0)
 
 
 def test_cosine_shift_adds_to_log_snr_and_keeps_variance_preserving():

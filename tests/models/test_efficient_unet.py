@@ -137,3 +137,21 @@ def test_full_resolution_detail_reaches_the_output():
     net(x, t, text, mask)
     c = seen["features"].shape[1]
     torch.testing.assert_close(seen["input"][:, c:], seen["features"] * SKIP_SCALE)
+
+
+@pytest.mark.parametrize("make", [tiny_efficient, tiny_standard])
+def test_input_position_bands_tell_each_pixel_its_place(make):
+    """With input_position_bands the input conv sees Fourier features of each pixel's place (CoordConv): a
+    constant image gives a constant output without them (away from the zero-padded border) and a varying one with."""
+    x = torch.zeros(1, 3, 16, 16)
+    t, text = torch.full((1,), 0.5), torch.randn(1, 5, 24, generator=torch.Generator().manual_seed(2))
+    plain, coord = make(), make(input_position_bands=2)
+    assert coord.inputs.conv.in_channels == plain.inputs.conv.in_channels + 8
+    with torch.no_grad():
+        inner_plain = plain.inputs(x, t, text, None, None, None)[0][0, :, 2:-2, 2:-2]  # (C, 12, 12)
+        inner_coord = coord.inputs(x, t, text, None, None, None)[0][0, :, 2:-2, 2:-2]
+        assert torch.allclose(inner_plain, inner_plain[:, :1, :1].expand_as(inner_plain), atol=1e-6)
+        assert (inner_coord - inner_coord[:, :1, :1]).abs().amax() > 1e-2
+        assert coord(torch.randn(2, 3, 16, 16), torch.rand(2), torch.randn(2, 5, 24)).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="input_position_bands must be >= 0"):
+        make(input_position_bands=-1)
