@@ -262,9 +262,9 @@ def scene_detections(scene: Scene | str | Mapping) -> list[Detection]:
     return sorted(found, key=lambda d: -d.area)
 
 
-def _find(detections: Sequence[Detection], obj: SceneObject) -> Detection | None:
-    """The largest detection with the object's colour and shape, if any."""
-    matches = [d for d in detections if d.colour == obj.colour and d.shape == obj.shape]
+def _find(detections: Sequence[Detection], obj: SceneObject, by_shape: bool = True) -> Detection | None:
+    """The largest detection with the object's colour and shape (or colour alone), if any."""
+    matches = [d for d in detections if d.colour == obj.colour and (d.shape == obj.shape or not by_shape)]
     return max(matches, key=lambda d: d.area, default=None)
 
 
@@ -283,15 +283,22 @@ def _relation_seen(subject: Detection, relation: str, obj: Detection) -> bool:
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
-def relation_outcome(detections: Sequence[Detection], scene: Scene | str | Mapping) -> str:
+def relation_outcome(detections: Sequence[Detection], scene: Scene | str | Mapping, match: str = "object") -> str:
     """Where a spatial scene's position claim went: 'missing' (a named object not found), 'correct', 'reversed'
     (the opposite relation holds) or 'perpendicular'. With both objects found and the relation ignored, 'correct'
-    holds about a quarter of the time."""
+    holds about a quarter of the time.
+
+    match='colour' finds each object by its colour alone (a spatial scene's two colours differ): a diagnostic of
+    whether the layout follows the relation words before shapes are learned, not the scorer's position claim.
+    """
+    if match not in ("object", "colour"):
+        raise ValueError(f"match must be 'object' or 'colour', got {match!r}")
     scene = _as_scene(scene)
     if scene.kind != "spatial":
         raise ValueError(f"relation_outcome needs a spatial scene, got kind {scene.kind!r}")
     s, rel, o = scene.relations[0]
-    subject, obj = _find(detections, scene.objects[s]), _find(detections, scene.objects[o])
+    by_shape = match == "object"
+    subject, obj = _find(detections, scene.objects[s], by_shape), _find(detections, scene.objects[o], by_shape)
     if subject is None or obj is None:
         return "missing"
     if _relation_seen(subject, rel, obj):

@@ -150,6 +150,25 @@ def test_relation_outcome_names_where_the_claim_went():
         relation_outcome(found, first_of_kind("binding"))
 
 
+def test_colour_match_ignores_shapes_only():
+    """match='colour' finds a spatial scene's objects by colour alone: a wrong shape still counts, a missing colour
+    does not, and the relation is judged as with match='object'."""
+    scene = first_of_kind("spatial")
+    found = detect_objects(np.asarray(render_scene(scene, 32)))
+    s, rel, o = scene.relations[0]
+    other_shape = next(sh for sh in SHAPES if sh not in {ob.shape for ob in scene.objects})
+    misshapen = [dataclasses.replace(scene.objects[0], shape=other_shape), scene.objects[1]]
+    assert relation_outcome(found, dataclasses.replace(scene, objects=misshapen)) == "missing"
+    assert relation_outcome(found, dataclasses.replace(scene, objects=misshapen), match="colour") == "correct"
+    reversed_claim = dataclasses.replace(scene, objects=misshapen, relations=[(o, rel, s)])
+    assert relation_outcome(found, reversed_claim, match="colour") == "reversed"
+    other = next(c for c in COLOURS if c not in {ob.colour for ob in scene.objects})
+    uncoloured = [dataclasses.replace(scene.objects[0], colour=other), scene.objects[1]]
+    assert relation_outcome(found, dataclasses.replace(scene, objects=uncoloured), match="colour") == "missing"
+    with pytest.raises(ValueError, match="match must be 'object' or 'colour'"):
+        relation_outcome(found, scene, match="shape")
+
+
 def test_spec_as_json_or_dict():
     images, scenes = held_out(4, 32)
     expected = score_batch(images, scenes)
