@@ -17,48 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
-
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imagen_lit.build import load_stage  # noqa: E402
+from imagen_lit.eval.curves import run_start, step_checkpoints  # noqa: E402
 from imagen_lit.eval.guidance import evaluate_images, generate_for_scenes, heldout_scenes  # noqa: E402
 from imagen_lit.eval.plot import draw_curves, save_plot  # noqa: E402
 from imagen_lit.eval.stats import wilson_interval  # noqa: E402
-
-STEP = re.compile(r"step_(\d+)\.ckpt$")
-
-
-def run_start(run_dir: Path) -> float:
-    """Wall time (s since epoch) at which training began: the first logged train/loss, less its steps' share."""
-    events = sorted(run_dir.rglob("events.out.tfevents.*"))
-    if not events:
-        raise FileNotFoundError(f"no TensorBoard event files under {run_dir}: is it a train.py run folder?")
-    losses = []
-    for event_file in events:  # train.py's logger writes the scalars into the first file, the final hparams later
-        acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
-        acc.Reload()
-        if "train/loss" in acc.Tags()["scalars"]:
-            losses += acc.Scalars("train/loss")
-    if len(losses) < 2:
-        raise ValueError(f"{run_dir} logged train/loss fewer than twice: too short for a learning curve")
-    first, last = min(losses, key=lambda e: e.step), max(losses, key=lambda e: e.step)
-    per_step = (last.wall_time - first.wall_time) / max(1, last.step - first.step)
-    return first.wall_time - (first.step + 1) * per_step
-
-
-def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the run's step_*.ckpt files, in step order."""
-    found = sorted((int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step_*.ckpt")
-                   if (m := STEP.search(p.name)))
-    if not found:
-        raise FileNotFoundError(f"no step_*.ckpt under {run_dir}/checkpoints: "
-                                f"train with callbacks.model_checkpoint.every_n_train_steps")
-    return found
 
 
 def score(ckpt: Path, num_scenes: int, scene_seed: int, batch_size: int) -> dict[str, float]:
@@ -72,7 +40,7 @@ def score(ckpt: Path, num_scenes: int, scene_seed: int, batch_size: int) -> dict
 def curve(run_dir: Path, args: argparse.Namespace) -> list[dict[str, float]]:
     start = run_start(run_dir)
     rows = []
-    for step, ckpt in checkpoints(run_dir):
+    for step, ckpt in step_checkpoints(run_dir):
         metrics = score(ckpt, args.num_scenes, args.scene_seed, args.batch_size)
         lo, hi = wilson_interval(round(metrics["overall"] * metrics["n_images"]), int(metrics["n_images"]))
         rows.append({"step": step, "minutes": (ckpt.stat().st_mtime - start) / 60, **metrics, "overall_lo": lo,

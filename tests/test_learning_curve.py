@@ -5,14 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from experiments.learning_curve import checkpoints, main
+from experiments.learning_curve import main
+from imagen_lit.eval.curves import step_checkpoints
 from train import train
 
 
 def test_learning_curve_scores_every_step_checkpoint(train_cfg, tmp_path, monkeypatch):
     train(train_cfg)
     run = Path(train_cfg.paths.output_dir)
-    assert [s for s, _ in checkpoints(run)] == [2, 4]
+    assert [s for s, _ in step_checkpoints(run)] == [2, 4]
     out = tmp_path / "curve.json"
     monkeypatch.setattr("sys.argv", ["learning_curve.py", f"tiny={run}", "--num-scenes", "3", "--batch-size", "3",
                                      "--json", str(out), "--png", str(tmp_path / "curve.png")])
@@ -30,4 +31,4 @@ def test_learning_curve_scores_every_step_checkpoint(train_cfg, tmp_path, monkey
 def test_a_folder_without_step_checkpoints_is_one_line(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(FileNotFoundError, match="no step_\\*.ckpt under"):
-        checkpoints(tmp_path)
+        step_checkpoints(tmp_path)

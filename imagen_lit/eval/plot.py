@@ -16,11 +16,12 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def draw_curves(
-    curves: dict[str, list[tuple[float, float, float]]], x_label: str, y_label: str, title: str,
+    curves: dict[str, list[tuple]], x_label: str, y_label: str, title: str,
     size: tuple[int, int] = (900, 640),
 ) -> np.ndarray:
-    """uint8 [H, W, 3] plot of curves {name: [(label, x, y), ...]}: lines through the points, each labelled."""
-    points = [(x, y) for pts in curves.values() for _, x, y in pts]
+    """uint8 [H, W, 3] plot of curves {name: [(label, x, y), ...]}: lines through the points, each labelled (a number
+    or a name); a point (label, x, y, lo, hi) also gets an error bar from lo to hi."""
+    points = [(p[1], v) for pts in curves.values() for p in pts for v in (p[2], *p[3:5])]
     if not points:
         raise ValueError("nothing to plot: no finished jobs with both metrics")
     xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
@@ -50,12 +51,19 @@ def draw_curves(
     draw.text((8, 12), f"{y_label}   ({title})", fill="black")
     for i, (name, pts) in enumerate(curves.items()):
         colour = CURVE_COLOURS.get(name, OTHER_COLOURS[i % len(OTHER_COLOURS)])
-        pixels = [to_px(x, y) for _, x, y in pts]
+        pixels = [to_px(p[1], p[2]) for p in pts]
         if len(pixels) > 1:
             draw.line(pixels, fill=colour, width=2)
-        for (label, _, _), (px, py) in zip(pts, pixels, strict=True):
+        for point, (px, py) in zip(pts, pixels, strict=True):
+            if len(point) == 5:  # error bar
+                (_, top_y), (_, low_y) = to_px(point[1], point[4]), to_px(point[1], point[3])
+                draw.line([px, top_y, px, low_y], fill=colour, width=1)
+                draw.line([px - 3, top_y, px + 3, top_y], fill=colour)
+                draw.line([px - 3, low_y, px + 3, low_y], fill=colour)
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-            draw.text((px + 5, py - 12), f"{label:g}", fill=colour)
+            label = point[0]
+            draw.text((px + 5, py - 12), f"{label:g}" if isinstance(label, (int, float)) else str(label),
+                      fill=colour)
         draw.text((w - right - 110, top + 10 + 16 * i), f"-- {name}", fill=colour)
     return np.asarray(image)
 

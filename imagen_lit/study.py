@@ -1,0 +1,345 @@
+"""The paper's studies on the synthetic world, one command each (Imagen Sec. 4.3-4.4, Figs. 4, A.10, A.13): train
+every configuration of conf/study/<name>.yaml, score it on held-out scenes, and write summary.csv, a plot and a
+markdown table with 95% Wilson intervals.
+
+    python -m imagen_lit.study encoder_scale                     # runs under outputs/study/, results under
+                                                                 # experiments/results/encoder_scale/
+    python -m imagen_lit.study encoder_scale --seeds 0 1         # more training seeds where configs are close
+    python -m imagen_lit.study encoder_scale --dry-run           # print the commands, run nothing
+
+Resumable: a finished training run (its metrics.json) or evaluation is skipped, and an unfinished run resumes from
+its last.ckpt. Every configuration x seed gets its row in summary.csv (status ok, failed with its error, or
+missing) and the exit code is 1 unless all are ok, so a dropped configuration cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from imagen_lit.eval.compositional import CATEGORIES
+from imagen_lit.eval.curves import checkpoint_minutes
+from imagen_lit.eval.stats import wilson_interval
+from imagen_lit.sweep import FAILURE_FILE, METRICS_FILE, write_pareto, write_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_DIR = ROOT / "conf" / "study"
+TIME_FILE = "study_time.json"  # training seconds, summed over resumes
+SPEC_KEYS = {"claim", "section", "train", "evaluate", "seeds", "configs", "sweep", "plot", "steps"}
+NAMES = {"colour": "single", "counting": "counting", "position": "position", "binding": "binding",
+         "overall": "overall"}
+
+
+@dataclass
+class Job:
+    """One row of a study: a configuration at a training seed, its training run and its evaluation."""
+
+    config: str
+    seed: int
+    train: list[str]
+    evaluate: list[str]
+    run: str  # run folder name; configurations with equal training overrides share one run
+    fields: dict[str, Any] = field(default_factory=dict)  # extra columns from the spec (group, x, ...)
+    step: int | None = None  # score this step's checkpoint (a learning curve); None: the run's last
+
+    @property
+    def point(self) -> str:
+        """The configuration (at its step): what the table pools over seeds."""
+        return self.config if self.step is None else f"{self.config}@{self.step}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.config}_s{self.seed}" + ("" if self.step is None else f"_step{self.step}")
+
+    @property
+    def checkpoint(self) -> str:
+        return "last.ckpt" if self.step is None else f"step_{self.step:07d}.ckpt"
+
+
+def folder_name(name: str) -> str:
+    """A job's folder: its name with every character a Hydra override value would misread ('=', ',', ...) as '-'."""
+    return re.sub(r"[^A-Za-z0-9._@-]", "-", name)
+
+
+def load_spec(study: str) -> dict[str, Any]:
+    """conf/study/<study>.yaml (or a path) as a dict, with a one-line error for unknown keys."""
+    path = Path(study) if study.endswith(".yaml") else STUDY_DIR / f"{study}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no study {study!r}; known studies: {', '.join(known)} (or a path to a .yaml)")
+    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+    spec["name"] = path.stem
+    return spec
+
+
+def expand_configs(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The spec's configs, plus one per point of its `sweep` grid ({evaluate: {key: [values]}}), in order."""
+    configs = {name: dict(c or {}) for name, c in (spec.get("configs") or {}).items()}
+    grid = (spec.get("sweep") or {}).get("evaluate") or {}
+    for values in itertools.product(*grid.values()) if grid else []:
+        point = dict(zip(grid, values, strict=True))
+        name = "_".join(f"{k}={v}" for k, v in point.items())
+        configs[name] = {"evaluate": [f"{k}={v}" for k, v in point.items()], **point}
+    if not configs:
+        raise ValueError(f"study {spec['name']!r} has no configs and no sweep grid")
+    return configs
+
+
+def plan(spec: dict[str, Any], seeds: Sequence[int] | None = None) -> list[Job]:
+    """Every configuration x seed as a Job, in the spec's order; equal training overrides share a run."""
+    jobs, runs = [], {}
+    for seed in seeds if seeds is not None else spec.get("seeds", [0]):
+        for name, c in expand_configs(spec).items():
+            train = [*spec.get("train", []), *c.get("train", [])]
+            own = f"{name}_s{seed}" if "train" in c else f"shared_s{seed}"  # a sweep at sampling time: one run
+            run = runs.setdefault((tuple(train), seed), own)
+            fields = {k: v for k, v in c.items() if k not in ("train", "evaluate")}
+            evaluate = [*spec.get("evaluate", []), *c.get("evaluate", [])]
+            for step in spec.get("steps") or [None]:
+                jobs.append(Job(name, seed, train, evaluate, run, fields, step))
+    return jobs
+
+
+class Runner:
+    """Runs train.py and sample.py for a study's jobs as subprocesses, skipping what is already done."""
+
+    def __init__(self, runs_dir: Path, extra_train: Sequence[str] = (), extra_eval: Sequence[str] = (),
+                 dry_run: bool = False, python: str = sys.executable):
+        self.runs_dir, self.dry_run, self.python = Path(runs_dir), dry_run, python
+        self.extra_train, self.extra_eval = list(extra_train), list(extra_eval)
+        self.trained: dict[str, bool] = {}  # run -> outcome, so a shared run is trained (or fails) once
+
+    def run_dir(self, job: Job) -> Path:
+        return self.runs_dir / "runs" / folder_name(job.run)
+
+    def eval_dir(self, job: Job) -> Path:
+        return self.runs_dir / "evals" / folder_name(job.name)
+
+    def _call(self, cmd: list[str]) -> bool:
+        print("+ " + " ".join(cmd), flush=True)
+        return self.dry_run or subprocess.run(cmd, cwd=ROOT).returncode == 0
+
+    def train(self, job: Job) -> bool:
+        """Train (or resume) the job's run once; True when its metrics.json exists afterwards."""
+        if job.run not in self.trained:
+            self.trained[job.run] = self._train(job)
+        return self.trained[job.run]
+
+    def _train(self, job: Job) -> bool:
+        run = self.run_dir(job)
+        if (run / METRICS_FILE).is_file():
+            return True
+        cmd = [self.python, str(ROOT / "train.py"), *job.train, *self.extra_train, f"seed={job.seed}",
+               f"hydra.run.dir={run}"]
+        last = run / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            cmd.append(f"ckpt_path={last}")
+        (run / FAILURE_FILE).unlink(missing_ok=True)  # a retry's outcome replaces the last one's
+        start = time.time()
+        ok = self._call(cmd)
+        if not self.dry_run:
+            spent = time.time() - start
+            timing = run / TIME_FILE
+            before = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+            run.mkdir(parents=True, exist_ok=True)
+            timing.write_text(json.dumps({"seconds": before + spent}))
+        return ok and (self.dry_run or (run / METRICS_FILE).is_file())
+
+    def evaluate(self, job: Job) -> bool:
+        """Score the run's last checkpoint on held-out scenes with sample.py; True when its metrics exist."""
+        out = self.eval_dir(job)
+        if (out / METRICS_FILE).is_file():
+            return True
+        (out / FAILURE_FILE).unlink(missing_ok=True)
+        ckpt = self.run_dir(job) / "checkpoints" / job.checkpoint
+        cmd = [self.python, str(ROOT / "sample.py"), f"ckpt_path={ckpt}", "evaluate=true", "progress=false",
+               *job.evaluate, *self.extra_eval, f"hydra.run.dir={out}"]
+        return self._call(cmd) and (self.dry_run or (out / METRICS_FILE).is_file())
+
+    def row(self, job: Job) -> dict[str, Any]:
+        """The job's summary row: status, its overrides, every metric, the intervals and the model sizes."""
+        row: dict[str, Any] = {"job": job.name, "overrides": " ".join([*job.train, "|", *job.evaluate]),
+                               "config": job.config, "point": job.point, "seed": job.seed, "step": job.step,
+                               **job.fields}
+        run, out = self.run_dir(job), self.eval_dir(job)
+        if (out / METRICS_FILE).is_file():
+            metrics = json.loads((out / METRICS_FILE).read_text())
+            row.update(status="ok", **metrics, **intervals(metrics), **model_sizes(run))
+            if job.step is not None:  # minutes of training when this checkpoint was written
+                row["train_minutes"] = checkpoint_minutes(run, run / "checkpoints" / job.checkpoint)
+            elif (run / TIME_FILE).is_file():  # the whole run, set-up included
+                row["train_minutes"] = json.loads((run / TIME_FILE).read_text())["seconds"] / 60
+        else:
+            failure = next((d / FAILURE_FILE for d in (run, out) if (d / FAILURE_FILE).is_file()), None)
+            if failure is not None:
+                row.update(status="failed", error=json.loads(failure.read_text())["error"])
+            else:
+                row.update(status="missing")  # not run yet, killed, or a subprocess died before writing
+        return row
+
+
+def intervals(metrics: dict[str, Any]) -> dict[str, float]:
+    """<category>_lo / _hi: 95% Wilson bounds of each accuracy from its image count."""
+    out = {}
+    for cat in (*CATEGORIES, "overall"):
+        key, n_key = f"alignment/{cat}", "alignment/n_images" if cat == "overall" else f"alignment/n_{cat}"
+        if key in metrics and n_key in metrics:
+            n = int(metrics[n_key])
+            out[f"{key}_lo"], out[f"{key}_hi"] = wilson_interval(round(metrics[key] * n), n)
+    return out
+
+
+def model_sizes(run: Path) -> dict[str, int]:
+    """unet_params (trained weights, EMA copy excluded) and text_params of the run's frozen encoder."""
+    from hydra.utils import instantiate
+
+    from imagen_lit.build import read_stage_checkpoint
+
+    checkpoint, cfg = read_stage_checkpoint(run / "checkpoints" / "last.ckpt")
+    unet = sum(v.numel() for k, v in checkpoint["state_dict"].items() if k.startswith("unet."))
+    encoder = instantiate(cfg.text_encoder)
+    text = sum(p.numel() for p in encoder.model.parameters())
+    return {"unet_params": unet, "text_params": text}
+
+
+def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per configuration (at its step): accuracies pooled over its seeds (summed counts), with Wilson
+    intervals; status is that of its first row unless some seed is ok."""
+    out = []
+    for point in dict.fromkeys(r["point"] for r in rows):
+        mine = [r for r in rows if r["point"] == point]
+        group = [r for r in mine if r["status"] == "ok"]
+        line: dict[str, Any] = {"config": point, "seeds": len(group), "status": "ok" if group else mine[0]["status"]}
+        for cat in (*CATEGORIES, "overall"):
+            n_key = "alignment/n_images" if cat == "overall" else f"alignment/n_{cat}"
+            n = sum(int(r.get(n_key, 0)) for r in group)
+            k = sum(round(r.get(f"alignment/{cat}", 0.0) * int(r.get(n_key, 0))) for r in group)
+            if n:
+                line[cat] = (k / n, *wilson_interval(k, n))
+        fids = [r["fidelity/domain_fid"] for r in group if r.get("fidelity/domain_fid") is not None]
+        line["fid"] = sum(fids) / len(fids) if fids else None
+        for key in ("unet_params", "text_params", "train_minutes", "step"):
+            vals = [r[key] for r in group if r.get(key) is not None]
+            line[key] = sum(vals) / len(vals) if vals else None
+        out.append(line)
+    return out
+
+
+def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> str:
+    """The study's table: one line per configuration, accuracies with 95% intervals, FID and model sizes."""
+    head = ["config", "seeds", "U-Net params", "text params", *(NAMES[c] for c in (*CATEGORIES, "overall")),
+            "domain FID", "train min"]
+    lines = [f"# Study {spec['name']}: {spec.get('section', '')}", "", f"Claim: {spec.get('claim', '')}", "",
+             f"    {command}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in pooled(rows):
+        cells = [p["config"], str(p["seeds"]) if p["status"] == "ok" else p["status"],
+                 _millions(p["unet_params"]), _millions(p["text_params"])]
+        cells += [f"{p[c][0]:.3f} [{p[c][1]:.2f}, {p[c][2]:.2f}]" if c in p else "-" for c in (*CATEGORIES, "overall")]
+        cells += [f"{p['fid']:.1f}" if p["fid"] is not None else "-",
+                  f"{p['train_minutes']:.1f}" if p["train_minutes"] is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _millions(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}M"
+
+
+def plots(spec: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path, scratch: Path) -> list[Path]:
+    """The spec's `plot` (one {x, y, group, kind} or a list): plot.png, then plot_<x>.png for the others."""
+    cfgs = spec.get("plot") or {}
+    cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs)
+    paths = []
+    for i, cfg in enumerate(cfgs):
+        name = "plot.png" if i == 0 else f"plot_{cfg.get('x', i)}.png"
+        path = plot(spec["name"], cfg, rows, out_dir / name, scratch)
+        paths += [path] if path is not None else []
+    return paths
+
+
+def plot(title: str, cfg: dict[str, Any], rows: list[dict[str, Any]], path: Path, scratch: Path) -> Path | None:
+    """One plot {x, y, group, kind} of the ok rows; kind pareto draws guidance curves (Imagen Fig. A.10)."""
+    from imagen_lit.eval.plot import draw_curves, save_plot
+
+    x, y = cfg.get("x", "text_params"), cfg.get("y", "alignment/overall")
+    ok = [r for r in rows if r["status"] == "ok" and r.get(x) is not None and r.get(y) is not None]
+    if not ok:
+        return None
+    if cfg.get("kind") == "pareto":
+        path.write_bytes(write_pareto(scratch, ok, x, y).read_bytes())  # its TensorBoard copy stays with the runs
+        return path
+    if y != "alignment/overall":
+        raise ValueError(f"plot y must be alignment/overall (pooled over seeds, with its interval) unless kind is "
+                         f"pareto; got {y!r}")
+    curves: dict[str, list[tuple]] = {}
+    for p in pooled(ok):
+        row = next(r for r in ok if r["point"] == p["config"])
+        value = p[x] if p.get(x) is not None else row[x]
+        curves.setdefault(str(row.get(cfg.get("group", ""), title)), []).append(
+            (p["config"], float(value), *p["overall"]))
+    curves = {g: sorted(pts, key=lambda q: q[1]) for g, pts in curves.items()}
+    array = draw_curves(curves, x_label=x, y_label=f"{y} (95% Wilson)", title=title)
+    return save_plot(array, path)
+
+
+def run_study(spec: dict[str, Any], out_dir: Path, runner: Runner, seeds: Sequence[int] | None = None,
+              command: str = "") -> list[dict[str, Any]]:
+    """Train and score every job, then write summary.csv, summary.md and plot.png into out_dir."""
+    jobs = plan(spec, seeds)
+    for job in jobs:
+        if runner.train(job):
+            runner.evaluate(job)
+    if runner.dry_run:
+        return []
+    rows = [runner.row(job) for job in jobs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_summary(out_dir, rows)
+    (out_dir / "summary.md").write_text(markdown(spec, rows, command))
+    plots(spec, rows, out_dir, runner.runs_dir)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="a name in conf/study/ or a path to a study .yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the spec's)")
+    parser.add_argument("--out", type=Path, help="results folder (default experiments/results/<study>)")
+    parser.add_argument("--runs", type=Path, help="training and evaluation folders (default outputs/study/<study>)")
+    parser.add_argument("--train-override", nargs="*", default=[], help="appended to every train.py call")
+    parser.add_argument("--eval-override", nargs="*", default=[], help="appended to every sample.py call")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.study)
+        plan(spec, args.seeds)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or ROOT / "experiments" / "results" / spec["name"]
+    runner = Runner(args.runs or ROOT / "outputs" / "study" / spec["name"], args.train_override, args.eval_override,
+                    args.dry_run)
+    command = "python -m imagen_lit.study " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = run_study(spec, out, runner, args.seeds, command)
+    if args.dry_run:
+        return 0
+    bad = [r["job"] for r in rows if r["status"] != "ok"]
+    print(f"{len(rows)} rows, {len(bad)} not ok{': ' + ', '.join(bad) if bad else ''} -> {out / 'summary.csv'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The study driver: every configuration of every study gets its row; a tiny study trains, scores and reports."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import yaml
+from hydra.utils import instantiate
+
+from imagen_lit.study import STUDY_DIR, Runner, load_spec, main, plan
+from imagen_lit.sweep import register_resolvers, write_summary
+from tests.conftest import TINY, compose_config
+
+STUDIES = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
+def test_the_paper_studies_exist():
+    assert {"encoder_scale", "unet_scale", "guidance", "text_conditioning"} <= set(STUDIES)
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_configuration_has_its_row(study, tmp_path):
+    """Planned before anything runs: one job per config x seed, each composing with train.py's and sample.py's
+    real configs (a mistyped override fails here, not an hour into the study), each with its row in summary.csv."""
+    register_resolvers()  # as train.py and sample.py do on import
+    spec = load_spec(study)
+    configs = list(spec.get("configs") or {})
+    grid = (spec.get("sweep") or {}).get("evaluate") or {}
+    expected = len(configs) + (math.prod(len(v) for v in grid.values()) if grid else 0)
+    expected *= len(spec.get("steps") or [None])
+    jobs = plan(spec, seeds=[0, 1])
+    assert len(jobs) == 2 * expected and len({j.name for j in jobs}) == len(jobs)
+    assert {j.config for j in jobs} >= set(configs)
+    for job in {tuple(j.train): j for j in jobs}.values():
+        cfg = compose_config("train", tmp_path / "run", job.train)
+        unet = instantiate(cfg.unet, text_dim=384)  # the U-Net builds with these overrides
+        assert sum(p.numel() for p in unet.parameters()) > 0
+    for job in {tuple(j.evaluate): j for j in jobs}.values():
+        compose_config("sample", tmp_path / "sample", ["ckpt_path=x.ckpt", "evaluate=true", *job.evaluate])
+    runner = Runner(tmp_path / "runs")
+    rows = [runner.row(j) for j in jobs]
+    assert all(r["status"] == "missing" for r in rows)  # nothing run yet: reported, not dropped
+    with write_summary(tmp_path, rows).open() as f:
+        assert [r["job"] for r in csv.DictReader(f)] == [j.name for j in jobs]
+
+
+def test_runs_shared_by_a_sampling_sweep_are_one_run():
+    jobs = plan(load_spec("guidance"))
+    assert len(jobs) == 39 and len({j.run for j in jobs}) == 1
+    assert len({j.run for j in plan(load_spec("encoder_scale"))}) == 5
+
+
+def test_unknown_study_is_a_one_line_error(capsys):
+    assert main(["no_such_study"]) == 2
+    assert "known studies: " in capsys.readouterr().err
+
+
+def test_tiny_study_end_to_end(tmp_path, shared_data_dir):
+    """Two trained configs (one of which fails) and a guidance sweep over a third's run: every row is written,
+    the failure with its error, the exit code says not all are ok, and the table and plot exist."""
+    spec = {
+        "section": "tiny", "claim": "none",
+        "train": [*TINY, f"paths.data_dir={shared_data_dir}", "callbacks.sample_grid.every_n_steps=1000"],
+        "evaluate": ["eval.num_images=6", "eval.fid.reference.num_images=12", "eval.fid.kid_subset_size=4",
+                     "eval.fid.kid_subsets=5", f"eval.fid.cache_dir={tmp_path / 'fid'}", "batch_size=6",
+                     f"paths.data_dir={shared_data_dir}"],
+        "configs": {"ok": {"train": ["stage.cond_drop_prob=0.1"], "group": "g"},
+                    "broken": {"train": ["stage.cond_drop_prob=2.0"], "group": "g"}},
+        "sweep": {"evaluate": {"guidance_weight": [1, 3]}},
+        "plot": {"x": "guidance_weight", "y": "alignment/overall", "group": "group"},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    assert main([str(path), "--out", str(out), "--runs", str(runs)]) == 1
+    with (out / "summary.csv").open() as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"ok_s0", "broken_s0", "guidance_weight=1_s0", "guidance_weight=3_s0"}
+    assert rows["broken_s0"]["status"] == "failed" and "cond_drop_prob must be in [0, 1]" in rows["broken_s0"]["error"]
+    for job in ("ok_s0", "guidance_weight=1_s0", "guidance_weight=3_s0"):
+        row = rows[job]
+        assert row["status"] == "ok", row.get("error")
+        lo, acc, hi = (float(row[k]) for k in ("alignment/overall_lo", "alignment/overall", "alignment/overall_hi"))
+        assert 0.0 <= lo <= acc <= hi <= 1.0 and int(row["unet_params"]) > 0 and int(row["text_params"]) > 0
+    assert float(rows["guidance_weight=3_s0"]["guidance_weight"]) == 3.0
+    assert len(list((runs / "runs").iterdir())) == 3  # ok, broken, and one shared by the sweep
+    table = (out / "summary.md").read_text()
+    assert all(f"| {name} |" in table for name in ("ok", "broken", "guidance_weight=1", "guidance_weight=3"))
+    assert (out / "plot.png").is_file()
+    # Resumable: a second call reruns nothing that finished, and the failed config is retried (and fails again).
+    stamp = (runs / "evals" / "ok_s0" / "metrics.json").stat().st_mtime
+    assert main([str(path), "--out", str(out), "--runs", str(runs)]) == 1
+    assert (runs / "evals" / "ok_s0" / "metrics.json").stat().st_mtime == stamp
+
+
+def test_a_learning_curve_study_scores_each_step(tmp_path, shared_data_dir):
+    """steps: [2, 4] scores both step checkpoints of one run: a row each, minutes increasing, plots per x."""
+    spec = {
+        "train": [*TINY, f"paths.data_dir={shared_data_dir}", "callbacks.sample_grid.every_n_steps=1000"],
+        "evaluate": ["eval.num_images=4", "eval.fid.feature=null", "batch_size=4"],
+        "steps": [2, 4], "configs": {"tiny": {"train": []}},
+        "plot": [{"x": "step", "group": "config"}, {"x": "train_minutes", "group": "config"}],
+    }
+    path = tmp_path / "curve.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "results"
+    assert main([str(path), "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    with (out / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == ["tiny_s0_step2", "tiny_s0_step4"]
+    assert 0 <= float(rows[0]["train_minutes"]) <= float(rows[1]["train_minutes"])
+    assert (out / "plot.png").is_file() and (out / "plot_train_minutes.png").is_file()
+    assert "| tiny@2 |" in (out / "summary.md").read_text()
