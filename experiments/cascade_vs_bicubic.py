@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("cascade", help="an exported cascade folder (base -> one SR stage)")
     parser.add_argument("--num-scenes", type=int, default=200)
     parser.add_argument("--scene-seed", type=int, default=2000)
-    parser.add_argument("--aug-levels", type=float, nargs="+", default=[0.3])
+    parser.add_argument("--aug-levels", type=float, nargs="*", default=[0.3], help="none: base and bicubic only")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--save-grid", type=Path, help="rows of: bicubic | cascade per aug_level")

@@ -28,17 +28,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from imagen_lit.eval.compositional import CATEGORIES
 from imagen_lit.eval.curves import checkpoint_minutes
-from imagen_lit.eval.stats import wilson_interval
-from imagen_lit.sweep import FAILURE_FILE, METRICS_FILE, write_pareto, write_summary
+from imagen_lit.study_report import PROBES, intervals, markdown, plots
+from imagen_lit.sweep import FAILURE_FILE, METRICS_FILE, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_DIR = ROOT / "conf" / "study"
 TIME_FILE = "study_time.json"  # training seconds, summed over resumes
-SPEC_KEYS = {"claim", "section", "train", "evaluate", "seeds", "configs", "sweep", "plot", "steps"}
-NAMES = {"colour": "single", "counting": "counting", "position": "position", "binding": "binding",
-         "overall": "overall"}
+SPEC_KEYS = {"claim", "section", "train", "evaluate", "seeds", "configs", "sweep", "plot", "steps", "base", "evaluator",
+             "probe"}
+PROBE_FILE = "probe.json"
+EVALUATORS = ("sample", "cascade")
 
 
 @dataclass
@@ -82,6 +82,13 @@ def load_spec(study: str) -> dict[str, Any]:
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+    if spec.get("evaluator", "sample") not in EVALUATORS:
+        raise ValueError(f"{path}: evaluator must be one of {EVALUATORS}, got {spec['evaluator']!r}")
+    if spec.get("probe") and spec.get("evaluator") == "cascade":
+        raise ValueError(f"{path}: probe (the base stage's relation_likelihood) does not apply to a cascade study")
+    if (spec.get("evaluator") == "cascade") != bool(spec.get("base")):
+        raise ValueError(f"{path}: evaluator cascade (SR stages on a base's samples) needs base: [its train.py "
+                         "overrides], and base needs evaluator: cascade")
     spec["name"] = path.stem
     return spec
 
@@ -118,8 +125,10 @@ class Runner:
     """Runs train.py and sample.py for a study's jobs as subprocesses, skipping what is already done."""
 
     def __init__(self, runs_dir: Path, extra_train: Sequence[str] = (), extra_eval: Sequence[str] = (),
-                 dry_run: bool = False, python: str = sys.executable):
-        self.runs_dir, self.dry_run, self.python = Path(runs_dir), dry_run, python
+                 dry_run: bool = False, python: str = sys.executable, evaluator: str = "sample",
+                 probe: dict[str, Any] | None = None):
+        self.runs_dir, self.dry_run, self.python, self.evaluator = Path(runs_dir), dry_run, python, evaluator
+        self.probe_options = dict(probe or {})
         self.extra_train, self.extra_eval = list(extra_train), list(extra_eval)
         self.trained: dict[str, bool] = {}  # run -> outcome, so a shared run is trained (or fails) once
 
@@ -159,16 +168,59 @@ class Runner:
             timing.write_text(json.dumps({"seconds": before + spent}))
         return ok and (self.dry_run or (run / METRICS_FILE).is_file())
 
+    def base_dir(self, seed: int) -> Path:
+        """The base stage's run that a cascade study's SR stages start from (one per seed)."""
+        return self.runs_dir / "runs" / f"base_s{seed}"
+
     def evaluate(self, job: Job) -> bool:
-        """Score the run's last checkpoint on held-out scenes with sample.py; True when its metrics exist."""
+        """Score the run's checkpoint on held-out scenes (sample.py, or the cascade on its base's samples); True when
+        its metrics exist."""
         out = self.eval_dir(job)
         if (out / METRICS_FILE).is_file():
             return True
         (out / FAILURE_FILE).unlink(missing_ok=True)
+        if self.evaluator == "cascade":
+            return self._evaluate_cascade(job, out)
         ckpt = self.run_dir(job) / "checkpoints" / job.checkpoint
         cmd = [self.python, str(ROOT / "sample.py"), f"ckpt_path={ckpt}", "evaluate=true", "progress=false",
                *job.evaluate, *self.extra_eval, f"hydra.run.dir={out}"]
         return self._call(cmd) and (self.dry_run or (out / METRICS_FILE).is_file())
+
+    def probe(self, job: Job) -> bool:
+        """experiments/relation_likelihood.py on the job's checkpoint: does the denoiser prefer the true relation,
+        binding and shapes over counterfactual captions (paired, no sampling); True when its probe.json exists."""
+        out = self.eval_dir(job) / PROBE_FILE
+        if out.is_file():
+            return True
+        cmd = [self.python, str(ROOT / "experiments" / "relation_likelihood.py"),
+               str(self.run_dir(job) / "checkpoints" / job.checkpoint), "--json", str(out),
+               *(f"--{k.replace('_', '-')}={v}" for k, v in self.probe_options.items())]
+        return self._call(cmd)
+
+    def _evaluate_cascade(self, job: Job, out: Path) -> bool:
+        """experiments/cascade_vs_bicubic.py at one aug_level (or 'bicubic'): export base + this SR stage, sample
+        the base on held-out scenes, upsample its samples, score at the SR size; that row becomes metrics.json."""
+        opts = dict(o.split("=", 1) for o in [*job.evaluate, *self.extra_eval])
+        level = opts.pop("aug_level", "0.0")
+        cascade = out / "cascade"
+        export = [self.python, "-m", "imagen_lit.cascade", "export", str(cascade),
+                  str(self.base_dir(job.seed) / "checkpoints" / "last.ckpt"),
+                  str(self.run_dir(job) / "checkpoints" / job.checkpoint)]
+        score = [self.python, str(ROOT / "experiments" / "cascade_vs_bicubic.py"), str(cascade), "--aug-levels",
+                 *([] if level == "bicubic" else [level]), "--json", str(out / "rows.json"),
+                 *(f"--{k.replace('_', '-')}={v}" for k, v in opts.items())]
+        if not self.dry_run:
+            out.mkdir(parents=True, exist_ok=True)
+        if not (self._call(export) and self._call(score)):
+            return False
+        if self.dry_run:
+            return True
+        method = json.loads((out / "rows.json").read_text())[1 if level == "bicubic" else 2]
+        metrics = {("fidelity/" if k.startswith("domain_") else "alignment/") + k: v for k, v in method.items()
+                   if k not in ("method", "size", "overall_lo", "overall_hi")}
+        metrics.update(method=method["method"], size=method["size"], aug_level=level)
+        (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        return True
 
     def row(self, job: Job) -> dict[str, Any]:
         """The job's summary row: status, its overrides, every metric, the intervals and the model sizes."""
@@ -179,28 +231,23 @@ class Runner:
         if (out / METRICS_FILE).is_file():
             metrics = json.loads((out / METRICS_FILE).read_text())
             row.update(status="ok", **metrics, **intervals(metrics), **model_sizes(run))
+            if (out / PROBE_FILE).is_file():
+                probe = json.loads((out / PROBE_FILE).read_text())
+                for k in PROBES:
+                    row[f"probe/{k}"] = probe[f"{k}/all"]["prefers_true"]
+                row["probe/scenes"] = probe["scenes"]
             if job.step is not None:  # minutes of training when this checkpoint was written
                 row["train_minutes"] = checkpoint_minutes(run, run / "checkpoints" / job.checkpoint)
             elif (run / TIME_FILE).is_file():  # the whole run, set-up included
                 row["train_minutes"] = json.loads((run / TIME_FILE).read_text())["seconds"] / 60
         else:
-            failure = next((d / FAILURE_FILE for d in (run, out) if (d / FAILURE_FILE).is_file()), None)
+            dirs = (self.base_dir(job.seed), run, out) if self.evaluator == "cascade" else (run, out)
+            failure = next((d / FAILURE_FILE for d in dirs if (d / FAILURE_FILE).is_file()), None)
             if failure is not None:
                 row.update(status="failed", error=json.loads(failure.read_text())["error"])
             else:
                 row.update(status="missing")  # not run yet, killed, or a subprocess died before writing
         return row
-
-
-def intervals(metrics: dict[str, Any]) -> dict[str, float]:
-    """<category>_lo / _hi: 95% Wilson bounds of each accuracy from its image count."""
-    out = {}
-    for cat in (*CATEGORIES, "overall"):
-        key, n_key = f"alignment/{cat}", "alignment/n_images" if cat == "overall" else f"alignment/n_{cat}"
-        if key in metrics and n_key in metrics:
-            n = int(metrics[n_key])
-            out[f"{key}_lo"], out[f"{key}_hi"] = wilson_interval(round(metrics[key] * n), n)
-    return out
 
 
 def model_sizes(run: Path) -> dict[str, int]:
@@ -216,93 +263,16 @@ def model_sizes(run: Path) -> dict[str, int]:
     return {"unet_params": unet, "text_params": text}
 
 
-def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per configuration (at its step): accuracies pooled over its seeds (summed counts), with Wilson
-    intervals; status is that of its first row unless some seed is ok."""
-    out = []
-    for point in dict.fromkeys(r["point"] for r in rows):
-        mine = [r for r in rows if r["point"] == point]
-        group = [r for r in mine if r["status"] == "ok"]
-        line: dict[str, Any] = {"config": point, "seeds": len(group), "status": "ok" if group else mine[0]["status"]}
-        for cat in (*CATEGORIES, "overall"):
-            n_key = "alignment/n_images" if cat == "overall" else f"alignment/n_{cat}"
-            n = sum(int(r.get(n_key, 0)) for r in group)
-            k = sum(round(r.get(f"alignment/{cat}", 0.0) * int(r.get(n_key, 0))) for r in group)
-            if n:
-                line[cat] = (k / n, *wilson_interval(k, n))
-        fids = [r["fidelity/domain_fid"] for r in group if r.get("fidelity/domain_fid") is not None]
-        line["fid"] = sum(fids) / len(fids) if fids else None
-        for key in ("unet_params", "text_params", "train_minutes", "step"):
-            vals = [r[key] for r in group if r.get(key) is not None]
-            line[key] = sum(vals) / len(vals) if vals else None
-        out.append(line)
-    return out
-
-
-def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> str:
-    """The study's table: one line per configuration, accuracies with 95% intervals, FID and model sizes."""
-    head = ["config", "seeds", "U-Net params", "text params", *(NAMES[c] for c in (*CATEGORIES, "overall")),
-            "domain FID", "train min"]
-    lines = [f"# Study {spec['name']}: {spec.get('section', '')}", "", f"Claim: {spec.get('claim', '')}", "",
-             f"    {command}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in pooled(rows):
-        cells = [p["config"], str(p["seeds"]) if p["status"] == "ok" else p["status"],
-                 _millions(p["unet_params"]), _millions(p["text_params"])]
-        cells += [f"{p[c][0]:.3f} [{p[c][1]:.2f}, {p[c][2]:.2f}]" if c in p else "-" for c in (*CATEGORIES, "overall")]
-        cells += [f"{p['fid']:.1f}" if p["fid"] is not None else "-",
-                  f"{p['train_minutes']:.1f}" if p["train_minutes"] is not None else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _millions(n: float | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f}M"
-
-
-def plots(spec: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path, scratch: Path) -> list[Path]:
-    """The spec's `plot` (one {x, y, group, kind} or a list): plot.png, then plot_<x>.png for the others."""
-    cfgs = spec.get("plot") or {}
-    cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs)
-    paths = []
-    for i, cfg in enumerate(cfgs):
-        name = "plot.png" if i == 0 else f"plot_{cfg.get('x', i)}.png"
-        path = plot(spec["name"], cfg, rows, out_dir / name, scratch)
-        paths += [path] if path is not None else []
-    return paths
-
-
-def plot(title: str, cfg: dict[str, Any], rows: list[dict[str, Any]], path: Path, scratch: Path) -> Path | None:
-    """One plot {x, y, group, kind} of the ok rows; kind pareto draws guidance curves (Imagen Fig. A.10)."""
-    from imagen_lit.eval.plot import draw_curves, save_plot
-
-    x, y = cfg.get("x", "text_params"), cfg.get("y", "alignment/overall")
-    ok = [r for r in rows if r["status"] == "ok" and r.get(x) is not None and r.get(y) is not None]
-    if not ok:
-        return None
-    if cfg.get("kind") == "pareto":
-        path.write_bytes(write_pareto(scratch, ok, x, y).read_bytes())  # its TensorBoard copy stays with the runs
-        return path
-    if y != "alignment/overall":
-        raise ValueError(f"plot y must be alignment/overall (pooled over seeds, with its interval) unless kind is "
-                         f"pareto; got {y!r}")
-    curves: dict[str, list[tuple]] = {}
-    for p in pooled(ok):
-        row = next(r for r in ok if r["point"] == p["config"])
-        value = p[x] if p.get(x) is not None else row[x]
-        curves.setdefault(str(row.get(cfg.get("group", ""), title)), []).append(
-            (p["config"], float(value), *p["overall"]))
-    curves = {g: sorted(pts, key=lambda q: q[1]) for g, pts in curves.items()}
-    array = draw_curves(curves, x_label=x, y_label=f"{y} (95% Wilson)", title=title)
-    return save_plot(array, path)
-
-
 def run_study(spec: dict[str, Any], out_dir: Path, runner: Runner, seeds: Sequence[int] | None = None,
               command: str = "") -> list[dict[str, Any]]:
     """Train and score every job, then write summary.csv, summary.md and plot.png into out_dir."""
     jobs = plan(spec, seeds)
+    bases = {s: Job("base", s, list(spec["base"]), [], f"base_s{s}") for s in dict.fromkeys(j.seed for j in jobs)
+             } if spec.get("base") else {}
     for job in jobs:
-        if runner.train(job):
-            runner.evaluate(job)
+        if (job.seed not in bases or runner.train(bases[job.seed])) and runner.train(job):
+            if runner.evaluate(job) and spec.get("probe"):
+                runner.probe(job)
     if runner.dry_run:
         return []
     rows = [runner.row(job) for job in jobs]
@@ -331,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = args.out or ROOT / "experiments" / "results" / spec["name"]
     runner = Runner(args.runs or ROOT / "outputs" / "study" / spec["name"], args.train_override, args.eval_override,
-                    args.dry_run)
+                    args.dry_run, evaluator=spec.get("evaluator", "sample"),
+                    probe=spec["probe"] if isinstance(spec.get("probe"), dict) else None)
     command = "python -m imagen_lit.study " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = run_study(spec, out, runner, args.seeds, command)
     if args.dry_run:

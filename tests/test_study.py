@@ -12,6 +12,8 @@ from hydra.utils import instantiate
 from imagen_lit.study import STUDY_DIR, Runner, load_spec, main, plan
 from imagen_lit.sweep import register_resolvers, write_summary
 from tests.conftest import TINY, compose_config
+from tests.test_cascade import SR_OVERRIDES
+from tests.test_train_sr import SR_TINY
 
 STUDIES = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
 
@@ -33,12 +35,15 @@ def test_every_configuration_has_its_row(study, tmp_path):
     jobs = plan(spec, seeds=[0, 1])
     assert len(jobs) == 2 * expected and len({j.name for j in jobs}) == len(jobs)
     assert {j.config for j in jobs} >= set(configs)
-    for job in {tuple(j.train): j for j in jobs}.values():
-        cfg = compose_config("train", tmp_path / "run", job.train)
+    for train in {tuple(j.train) for j in jobs} | ({tuple(spec["base"])} if spec.get("base") else set()):
+        cfg = compose_config("train", tmp_path / "run", list(train))
         unet = instantiate(cfg.unet, text_dim=384)  # the U-Net builds with these overrides
         assert sum(p.numel() for p in unet.parameters()) > 0
-    for job in {tuple(j.evaluate): j for j in jobs}.values():
-        compose_config("sample", tmp_path / "sample", ["ckpt_path=x.ckpt", "evaluate=true", *job.evaluate])
+    for evaluate in {tuple(j.evaluate) for j in jobs}:
+        if spec.get("evaluator") == "cascade":  # options of experiments/cascade_vs_bicubic.py
+            assert {o.split("=")[0] for o in evaluate} <= {"aug_level", "num_scenes", "scene_seed", "batch_size"}
+        else:
+            compose_config("sample", tmp_path / "sample", ["ckpt_path=x.ckpt", "evaluate=true", *evaluate])
     runner = Runner(tmp_path / "runs")
     rows = [runner.row(j) for j in jobs]
     assert all(r["status"] == "missing" for r in rows)  # nothing run yet: reported, not dropped
@@ -50,6 +55,7 @@ def test_runs_shared_by_a_sampling_sweep_are_one_run():
     jobs = plan(load_spec("guidance"))
     assert len(jobs) == 39 and len({j.run for j in jobs}) == 1
     assert len({j.run for j in plan(load_spec("encoder_scale"))}) == 5
+    assert len({j.run for j in plan(load_spec("noise_augmentation"))}) == 2  # SR with and without augmentation
 
 
 def test_unknown_study_is_a_one_line_error(capsys):
@@ -70,9 +76,10 @@ def test_tiny_study_end_to_end(tmp_path, shared_data_dir):
                     "broken": {"train": ["stage.cond_drop_prob=2.0"], "group": "g"}},
         "sweep": {"evaluate": {"guidance_weight": [1, 3]}},
         "plot": {"x": "guidance_weight", "y": "alignment/overall", "group": "group"},
+        "probe": {"num_scenes": 4, "levels": 2},
     }
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     out, runs = tmp_path / "results", tmp_path / "runs"
     assert main([str(path), "--out", str(out), "--runs", str(runs)]) == 1
     with (out / "summary.csv").open() as f:
@@ -85,8 +92,10 @@ def test_tiny_study_end_to_end(tmp_path, shared_data_dir):
         lo, acc, hi = (float(row[k]) for k in ("alignment/overall_lo", "alignment/overall", "alignment/overall_hi"))
         assert 0.0 <= lo <= acc <= hi <= 1.0 and int(row["unet_params"]) > 0 and int(row["text_params"]) > 0
     assert float(rows["guidance_weight=3_s0"]["guidance_weight"]) == 3.0
+    assert 0.0 <= float(rows["ok_s0"]["probe/relation"]) <= 1.0 and int(rows["ok_s0"]["probe/scenes"]) == 4
     assert len(list((runs / "runs").iterdir())) == 3  # ok, broken, and one shared by the sweep
     table = (out / "summary.md").read_text()
+    assert "prefers true relation" in table
     assert all(f"| {name} |" in table for name in ("ok", "broken", "guidance_weight=1", "guidance_weight=3"))
     assert (out / "plot.png").is_file()
     # Resumable: a second call reruns nothing that finished, and the failed config is retried (and fails again).
@@ -104,7 +113,7 @@ def test_a_learning_curve_study_scores_each_step(tmp_path, shared_data_dir):
         "plot": [{"x": "step", "group": "config"}, {"x": "train_minutes", "group": "config"}],
     }
     path = tmp_path / "curve.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = tmp_path / "results"
     assert main([str(path), "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
     with (out / "summary.csv").open() as f:
@@ -113,3 +122,28 @@ def test_a_learning_curve_study_scores_each_step(tmp_path, shared_data_dir):
     assert 0 <= float(rows[0]["train_minutes"]) <= float(rows[1]["train_minutes"])
     assert (out / "plot.png").is_file() and (out / "plot_train_minutes.png").is_file()
     assert "| tiny@2 |" in (out / "summary.md").read_text()
+
+
+def test_a_cascade_study_scores_sr_stages_on_the_base_samples(tmp_path, shared_data_dir):
+    """evaluator cascade: one base run, the SR run shared by its aug levels, bicubic as its own row at the SR size."""
+    data = f"paths.data_dir={shared_data_dir}"
+    sr = [*SR_TINY, *SR_OVERRIDES, data]
+    spec = {"base": [*TINY, data, "callbacks.sample_grid.every_n_steps=1000"], "evaluator": "cascade",
+            "evaluate": ["num_scenes=4", "batch_size=4"],
+            "configs": {"on_0.0": {"train": sr, "evaluate": ["aug_level=0.0"], "group": "on"},
+                        "on_0.3": {"train": sr, "evaluate": ["aug_level=0.3"], "group": "on"},
+                        "bicubic": {"train": sr, "evaluate": ["aug_level=bicubic"], "group": "bicubic"}},
+            "plot": {"x": "fidelity/domain_fid", "group": "group"}}
+    path = tmp_path / "cascade.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    assert main([str(path), "--out", str(out), "--runs", str(runs)]) == 0
+    with (out / "summary.csv").open() as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"on_0.0_s0", "on_0.3_s0", "bicubic_s0"}
+    assert sorted(p.name for p in (runs / "runs").iterdir()) == ["base_s0", "on_0.0_s0"]
+    assert rows["bicubic_s0"]["method"].startswith("bicubic(") and rows["on_0.3_s0"]["aug_level"] == "0.3"
+    for row in rows.values():
+        assert int(row["size"]) == 32 and float(row["fidelity/domain_fid"]) >= 0
+        assert 0 <= float(row["alignment/overall_lo"]) <= float(row["alignment/overall"]) <= 1
+    assert (out / "plot.png").is_file()
