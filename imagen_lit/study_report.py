@@ -88,32 +88,86 @@ def plots(spec: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path, scrat
     cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs)
     paths = []
     for i, cfg in enumerate(cfgs):
-        name = "plot.png" if i == 0 else f"plot_{cfg.get('x', i)}.png"
+        name = "plot.png" if i == 0 else f"plot_{cfg.get('name') or cfg.get('x') or i}.png"
         path = plot(spec["name"], cfg, rows, out_dir / name, scratch)
         paths += [path] if path is not None else []
     return paths
 
 
+def _pooled_key(y: str) -> str:
+    """A pooled line's key for a plot's y: alignment/<category> or probe/<counterfactual> (both with intervals)."""
+    key = y.removeprefix("alignment/")
+    if key not in (*CATEGORIES, "overall") and key.removeprefix("probe/") not in PROBES:
+        raise ValueError(f"plot y must be alignment/<category or overall> or probe/<{'|'.join(PROBES)}> (pooled "
+                         f"over seeds, with an interval) unless kind is pareto; got {y!r}")
+    return key
+
+
 def plot(title: str, cfg: dict[str, Any], rows: list[dict[str, Any]], path: Path, scratch: Path) -> Path | None:
-    """One plot {x, y, group, kind} of the ok rows; kind pareto draws guidance curves (Imagen Fig. A.10)."""
+    """One plot {x, y, group, kind} of the ok rows. kind pareto: guidance curves (Imagen Fig. A.10); kind scale:
+    parameters added against the change in y, this study's curve beside those of the studies in `with` (Fig. 4)."""
     from imagen_lit.eval.plot import draw_curves, save_plot
 
     x, y = cfg.get("x", "text_params"), cfg.get("y", "alignment/overall")
+    if cfg.get("kind") == "scale":
+        return scale_plot(title, cfg, rows, path)
     ok = [r for r in rows if r["status"] == "ok" and r.get(x) is not None and r.get(y) is not None]
     if not ok:
         return None
     if cfg.get("kind") == "pareto":
         path.write_bytes(write_pareto(scratch, ok, x, y).read_bytes())  # its TensorBoard copy stays with the runs
         return path
-    if y != "alignment/overall":
-        raise ValueError(f"plot y must be alignment/overall (pooled over seeds, with its interval) unless kind is "
-                         f"pareto; got {y!r}")
+    key = _pooled_key(y)
     curves: dict[str, list[tuple]] = {}
     for p in pooled(ok):
         row = next(r for r in ok if r["point"] == p["config"])
         value = p[x] if p.get(x) is not None else row[x]
-        curves.setdefault(str(row.get(cfg.get("group", ""), title)), []).append(
-            (p["config"], float(value), *p["overall"]))
+        if key in p:
+            curves.setdefault(str(row.get(cfg.get("group", ""), title)), []).append(
+                (p["config"], float(value), *p[key]))
     curves = {g: sorted(pts, key=lambda q: q[1]) for g, pts in curves.items()}
     array = draw_curves(curves, x_label=x, y_label=f"{y} (95% Wilson)", title=title)
     return save_plot(array, path)
+
+
+def scale_plot(title: str, cfg: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Parameters added (U-Net + text, millions, over each study's smallest configuration) against the change in y,
+    one curve per study: this one and each in cfg['with'] (read from its summary.csv beside this study's folder).
+    Configurations in cfg['exclude'] (e.g. a random-weights control of the same size) are left out."""
+    import csv
+
+    from imagen_lit.eval.plot import draw_curves, save_plot
+
+    key = _pooled_key(cfg.get("y", "alignment/overall"))
+    studies = {title: rows}
+    for other in cfg.get("with", []):
+        summary = path.parent.parent / other / "summary.csv"
+        if summary.is_file():
+            with summary.open() as f:
+                studies[other] = [_typed(r) for r in csv.DictReader(f)]
+    curves: dict[str, list[tuple]] = {}
+    for name, study_rows in studies.items():
+        lines = [p for p in pooled([r for r in study_rows if r.get("status") == "ok"])
+                 if key in p and p["config"] not in cfg.get("exclude", []) and p["unet_params"] is not None]
+        if not lines:
+            continue
+        size = {p["config"]: p["unet_params"] + p["text_params"] for p in lines}
+        base = min(lines, key=lambda p: size[p["config"]])
+        curves[name] = sorted(((p["config"], (size[p["config"]] - size[base["config"]]) / 1e6,
+                                p[key][0] - base[key][0]) for p in lines), key=lambda q: q[1])
+    if not curves:
+        return None
+    array = draw_curves(curves, x_label="parameters added (millions, U-Net + text encoder)",
+                        y_label=f"change in {cfg.get('y', 'alignment/overall')}", title="Imagen Fig. 4")
+    return save_plot(array, path)
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    """A summary.csv row with its numbers as numbers (empty cells as None)."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        try:
+            out[k] = float(v) if v not in ("", None) else None
+        except ValueError:
+            out[k] = v
+    return out

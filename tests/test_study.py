@@ -147,3 +147,22 @@ def test_a_cascade_study_scores_sr_stages_on_the_base_samples(tmp_path, shared_d
         assert int(row["size"]) == 32 and float(row["fidelity/domain_fid"]) >= 0
         assert 0 <= float(row["alignment/overall_lo"]) <= float(row["alignment/overall"]) <= 1
     assert (out / "plot.png").is_file()
+
+
+def test_scale_plot_puts_two_studies_on_one_axis(tmp_path):
+    """kind scale: parameters added against the change in accuracy, this study beside another's summary.csv."""
+    from imagen_lit.study_report import plot
+
+    def rows(configs):
+        return [{"job": f"{c}_s0", "overrides": "", "status": "ok", "config": c, "point": c, "seed": 0,
+                 "alignment/overall": acc, "alignment/n_images": 100, "unet_params": unet, "text_params": text}
+                for c, acc, unet, text in configs]
+
+    (tmp_path / "enc").mkdir()
+    write_summary(tmp_path / "enc", rows([("l1", 0.1, 5e6, 1e6), ("l6", 0.3, 5e6, 6e6), ("random", 0.0, 5e6, 6e6)]))
+    (tmp_path / "unet").mkdir()
+    path = plot("unet", {"kind": "scale", "with": ["enc"], "exclude": ["random"]},
+                rows([("small", 0.1, 2e6, 6e6), ("big", 0.15, 8e6, 6e6)]), tmp_path / "unet" / "scale.png", tmp_path)
+    assert path is not None and path.stat().st_size > 0
+    with pytest.raises(ValueError, match="plot y must be"):
+        plot("unet", {"kind": "scale", "y": "alignment/fid"}, [], tmp_path / "x.png", tmp_path)
