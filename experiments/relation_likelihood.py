@@ -96,11 +96,11 @@ def main() -> None:
         chunk = scenes[start : start + 25]
         x0 = torch.stack([as_tensor(s, resolution) for s in chunk])  # (b, 3, H, W) in [-1, 1]
         caps = [counterfactuals(s) for s in chunk]
+        texts = {k: encoder.encode([c[k] for c in caps]) for k in kinds}  # once per chunk, not per level
         for j, t in enumerate(t_grid):
             noise = torch.randn(x0.shape, generator=gen)  # shared by every caption of this level
             tt = t.expand(len(chunk))
-            for k in kinds:
-                embeds, mask = encoder.encode([c[k] for c in caps])
+            for k, (embeds, mask) in texts.items():
                 with text_cache(net):
                     errors[k][start : start + len(chunk), j] = x0_errors(stage, net, x0, embeds, mask, tt, noise)
     summary = {"ckpt": str(args.ckpt_path), "scenes": len(scenes), "levels": args.levels}

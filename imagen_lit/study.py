@@ -131,6 +131,7 @@ class Runner:
         self.probe_options = dict(probe or {})
         self.extra_train, self.extra_eval = list(extra_train), list(extra_eval)
         self.trained: dict[str, bool] = {}  # run -> outcome, so a shared run is trained (or fails) once
+        self.sizes: dict[Path, dict[str, int]] = {}  # run -> model sizes, read once for the rows sharing it
 
     def run_dir(self, job: Job) -> Path:
         return self.runs_dir / "runs" / folder_name(job.run)
@@ -230,7 +231,9 @@ class Runner:
         run, out = self.run_dir(job), self.eval_dir(job)
         if (out / METRICS_FILE).is_file():
             metrics = json.loads((out / METRICS_FILE).read_text())
-            row.update(status="ok", **metrics, **intervals(metrics), **model_sizes(run))
+            if run not in self.sizes:
+                self.sizes[run] = model_sizes(run)
+            row.update(status="ok", **metrics, **intervals(metrics), **self.sizes[run])
             if (out / PROBE_FILE).is_file():
                 probe = json.loads((out / PROBE_FILE).read_text())
                 for k in PROBES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +17,16 @@ from tests.test_cascade import SR_OVERRIDES
 from tests.test_train_sr import SR_TINY
 
 STUDIES = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
+def run_spec(tmp_path, spec: dict, name: str) -> tuple[int, dict[str, dict], Path, Path]:
+    """Write the spec as <name>.yaml, run the driver on it: (exit code, summary rows by job, results, runs)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    code = main([str(path), "--out", str(out), "--runs", str(runs)])
+    with (out / "summary.csv").open() as f:
+        return code, {r["job"]: r for r in csv.DictReader(f)}, out, runs
 
 
 def test_the_paper_studies_exist():
@@ -78,12 +89,8 @@ def test_tiny_study_end_to_end(tmp_path, shared_data_dir):
         "plot": {"x": "guidance_weight", "y": "alignment/overall", "group": "group"},
         "probe": {"num_scenes": 4, "levels": 2},
     }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    out, runs = tmp_path / "results", tmp_path / "runs"
-    assert main([str(path), "--out", str(out), "--runs", str(runs)]) == 1
-    with (out / "summary.csv").open() as f:
-        rows = {r["job"]: r for r in csv.DictReader(f)}
+    code, rows, out, runs = run_spec(tmp_path, spec, "tiny")
+    assert code == 1
     assert set(rows) == {"ok_s0", "broken_s0", "guidance_weight=1_s0", "guidance_weight=3_s0"}
     assert rows["broken_s0"]["status"] == "failed" and "cond_drop_prob must be in [0, 1]" in rows["broken_s0"]["error"]
     for job in ("ok_s0", "guidance_weight=1_s0", "guidance_weight=3_s0"):
@@ -100,7 +107,7 @@ def test_tiny_study_end_to_end(tmp_path, shared_data_dir):
     assert (out / "plot.png").is_file()
     # Resumable: a second call reruns nothing that finished, and the failed config is retried (and fails again).
     stamp = (runs / "evals" / "ok_s0" / "metrics.json").stat().st_mtime
-    assert main([str(path), "--out", str(out), "--runs", str(runs)]) == 1
+    assert run_spec(tmp_path, spec, "tiny")[0] == 1
     assert (runs / "evals" / "ok_s0" / "metrics.json").stat().st_mtime == stamp
 
 
@@ -112,12 +119,9 @@ def test_a_learning_curve_study_scores_each_step(tmp_path, shared_data_dir):
         "steps": [2, 4], "configs": {"tiny": {"train": []}},
         "plot": [{"x": "step", "group": "config"}, {"x": "train_minutes", "group": "config"}],
     }
-    path = tmp_path / "curve.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    out = tmp_path / "results"
-    assert main([str(path), "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
-    with (out / "summary.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    code, by_job, out, _ = run_spec(tmp_path, spec, "curve")
+    rows = list(by_job.values())
+    assert code == 0
     assert [r["job"] for r in rows] == ["tiny_s0_step2", "tiny_s0_step4"]
     assert 0 <= float(rows[0]["train_minutes"]) <= float(rows[1]["train_minutes"])
     assert (out / "plot.png").is_file() and (out / "plot_train_minutes.png").is_file()
@@ -134,12 +138,8 @@ def test_a_cascade_study_scores_sr_stages_on_the_base_samples(tmp_path, shared_d
                         "on_0.3": {"train": sr, "evaluate": ["aug_level=0.3"], "group": "on"},
                         "bicubic": {"train": sr, "evaluate": ["aug_level=bicubic"], "group": "bicubic"}},
             "plot": {"x": "fidelity/domain_fid", "group": "group"}}
-    path = tmp_path / "cascade.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    out, runs = tmp_path / "results", tmp_path / "runs"
-    assert main([str(path), "--out", str(out), "--runs", str(runs)]) == 0
-    with (out / "summary.csv").open() as f:
-        rows = {r["job"]: r for r in csv.DictReader(f)}
+    code, rows, out, runs = run_spec(tmp_path, spec, "cascade")
+    assert code == 0
     assert set(rows) == {"on_0.0_s0", "on_0.3_s0", "bicubic_s0"}
     assert sorted(p.name for p in (runs / "runs").iterdir()) == ["base_s0", "on_0.0_s0"]
     assert rows["bicubic_s0"]["method"].startswith("bicubic(") and rows["on_0.3_s0"]["aug_level"] == "0.3"
