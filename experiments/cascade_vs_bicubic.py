@@ -5,11 +5,14 @@ against bicubic upsampling of the same base samples, on compositional accuracy a
 
 Every row shares the base samples (same scenes, seeds and settings); bicubic and each aug_level differ only in how
 the 32x32 samples become 64x64. Intervals are Wilson's 95% over scenes. FID needs >= 2 images; KID is left out.
+--base-samples FILE keeps the base samples between calls (one aug_level per call, as the study driver makes them);
+they are reused only while the base stage's weights, sampling settings, captions and batch size are the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -41,6 +44,32 @@ def sample_stage(cascade: Cascade, captions: list[str], batch_size: int, **kwarg
     return torch.cat(out)
 
 
+def base_key(cascade: Cascade, captions: list[str], batch_size: int) -> str:
+    """What the base samples depend on: the base stage's weights and sampling settings, the captions, the batching."""
+    stage = cascade.stages[0]
+    digest = hashlib.sha256(json.dumps([captions, batch_size, dict(stage.sampling)], default=str).encode())
+    for name, tensor in sorted(stage.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def base_samples(cascade: Cascade, captions: list[str], batch_size: int, cache: Path | None) -> torch.Tensor:
+    """The base stage's samples of the captions, read from the cache file when it was written for the same key."""
+    key = base_key(cascade, captions, batch_size) if cache is not None else None
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu")
+        if saved.get("key") == key:
+            return saved["images"]
+    images = sample_stage(cascade, captions, batch_size, stop_at=cascade.names[0])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save({"key": key, "images": images}, tmp)
+        tmp.replace(cache)  # never a half-written cache
+    return images
+
+
 def row(name: str, images: torch.Tensor, scenes: list, fid_eval) -> dict:
     metrics = {k.removeprefix("alignment/").removeprefix("fidelity/"): v
                for k, v in evaluate_images(images, scenes, fid_eval).items()}
@@ -57,6 +86,7 @@ def main() -> None:
     parser.add_argument("--aug-levels", type=float, nargs="*", default=[0.3], help="none: base and bicubic only")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--base-samples", type=Path, help="cache file of the base samples, reused when still valid")
     parser.add_argument("--save-grid", type=Path, help="rows of: bicubic | cascade per aug_level")
     args = parser.parse_args()
     cascade = Cascade.load(args.cascade)
@@ -65,7 +95,7 @@ def main() -> None:
     base_name, sr_name = cascade.names
     scenes = heldout_scenes(args.num_scenes, args.scene_seed)
     captions = [s.caption for s in scenes]
-    base = sample_stage(cascade, captions, args.batch_size, stop_at=base_name)
+    base = base_samples(cascade, captions, args.batch_size, args.base_samples)
     size = cascade.stages[1].output_size(base[:1])[-1]
     fid_cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/eval/fid.yaml"))
     fid_cfg.update(cache_dir="data/fid", kid_subset_size=min(fid_cfg["kid_subset_size"], len(scenes)))

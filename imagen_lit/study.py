@@ -209,6 +209,7 @@ class Runner:
                   str(self.run_dir(job) / "checkpoints" / job.checkpoint)]
         score = [self.python, str(ROOT / "experiments" / "cascade_vs_bicubic.py"), str(cascade), "--aug-levels",
                  *([] if level == "bicubic" else [level]), "--json", str(out / "rows.json"),
+                 "--base-samples", str(self.base_dir(job.seed) / "base_samples.pt"),  # one base sampling per study
                  *(f"--{k.replace('_', '-')}={v}" for k, v in opts.items())]
         if not self.dry_run:
             out.mkdir(parents=True, exist_ok=True)

@@ -213,3 +213,21 @@ def test_lowres_image_that_is_not_an_image_is_one_line(exported, tmp_path):
     (tmp_path / "notes.png").write_text("hello")
     with pytest.raises(ValueError, match="is not an image file PIL can read"):
         _sample(tmp_path / "out", f"cascade={exported}", "start_at=sr32", f"lowres_image={tmp_path / 'notes.png'}")
+
+
+def test_cascade_vs_bicubic_reuses_base_samples_only_while_they_are_valid(exported, tmp_path, monkeypatch):
+    """--base-samples: a second call with the same base reads the cache; new base weights or captions resample."""
+    import experiments.cascade_vs_bicubic as cvb
+
+    cascade, cache, captions = Cascade.load(exported), tmp_path / "base.pt", ["a red circle", "two blue squares"]
+    first = cvb.base_samples(cascade, captions, 2, cache)
+    calls = []
+    real = cvb.sample_stage
+    monkeypatch.setattr(cvb, "sample_stage", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert torch.equal(cvb.base_samples(cascade, captions, 2, cache), first) and not calls
+    cvb.base_samples(cascade, captions[:1], 2, cache)  # other captions
+    assert len(calls) == 1
+    with torch.no_grad():
+        next(cascade.stages[0].unet.parameters()).add_(1.0)  # other weights, same captions as the cache now holds
+    cvb.base_samples(cascade, captions[:1], 2, cache)
+    assert len(calls) == 2
