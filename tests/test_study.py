@@ -55,6 +55,11 @@ def test_every_configuration_has_its_row(study, tmp_path):
             assert {o.split("=")[0] for o in evaluate} <= {"aug_level", "num_scenes", "scene_seed", "batch_size"}
         else:
             compose_config("sample", tmp_path / "sample", ["ckpt_path=x.ckpt", "evaluate=true", *evaluate])
+    if spec.get("evaluator") == "cascade":  # an SR stage trained without augmentation samples at aug_level 0 only
+        for job in jobs:
+            level = dict(o.split("=", 1) for o in job.evaluate).get("aug_level", "0.0")
+            if not compose_config("train", tmp_path / "run", job.train).stage.get("noise_aug", True):
+                assert level in ("0", "0.0", "bicubic"), f"{job.name}: trained without noise_aug, sampled at {level}"
     runner = Runner(tmp_path / "runs")
     rows = [runner.row(j) for j in jobs]
     assert all(r["status"] == "missing" for r in rows)  # nothing run yet: reported, not dropped
