@@ -62,8 +62,10 @@ def draw_curves(
                 draw.line([px - 3, low_y, px + 3, low_y], fill=colour)
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
             label = point[0]
-            draw.text((px + 5, py - 12), f"{label:g}" if isinstance(label, (int, float)) else str(label),
-                      fill=colour)
+            text = f"{label:g}" if isinstance(label, (int, float)) else str(label)
+            width = draw.textlength(text)
+            tx = px + 5 if px + 5 + width <= w - right else px - 5 - width  # left of the point near the frame's edge
+            draw.text((tx, py - 12), text, fill=colour)
         draw.text((w - right - 110, top + 10 + 16 * i), f"-- {name}", fill=colour)
     return np.asarray(image)
 
