@@ -58,6 +58,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def sampling_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The sampling keys set on the command line, as plain values (a list such as guidance_interval included)."""
+    return {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+            for k in DEFAULT_SAMPLING if (v := cfg.get(k)) is not None}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Sample held-out synthetic scenes at the configured guidance and score alignment and domain FID."""
     from torch.utils.tensorboard import SummaryWriter
@@ -65,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from imagen_lit.eval.fid import build_fid_evaluator
     from imagen_lit.eval.guidance import evaluate_images, generate_for_scenes, heldout_scenes
 
-    overrides = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}
+    overrides = sampling_overrides(cfg)
     check_sampling_options(**overrides)
     scenes = heldout_scenes(cfg.eval.num_images, cfg.eval.scene_seed)
     stage, text_encoder, _ = load_stage(cfg.ckpt_path)
@@ -143,7 +149,7 @@ def sample_cascade(cfg: DictConfig) -> Path:
     prompts = read_prompts(cfg)
     if cfg.num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {cfg.num_images}")
-    common = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}  # global keys: every stage
+    common = sampling_overrides(cfg)  # global keys: every stage
     stage_sampling = cfg.get("stage_sampling")
     requested: dict[str, Any] = (  # type: ignore[assignment]
         OmegaConf.to_container(stage_sampling, resolve=True) if stage_sampling is not None else {})
@@ -208,7 +214,7 @@ def sample(cfg: DictConfig) -> Path | dict[str, Any]:
         return sample_cascade(cfg)
     if cfg.get("ckpt_path") is None:
         raise ValueError("nothing to sample: pass ckpt_path=<checkpoint>, cascade=<folder> or stages=[<ckpt>, ...]")
-    overrides = {k: cfg[k] for k in DEFAULT_SAMPLING if cfg.get(k) is not None}
+    overrides = sampling_overrides(cfg)
     check_sampling_options(**overrides)  # fail before loading anything
     if not cfg.get("evaluate"):
         prompts = read_prompts(cfg)

@@ -87,6 +87,12 @@ def test_train_then_sample(trained, tmp_path):
     again = sample(sample_cfg(tmp_path / "again", ckpt, "num_images=3", "prompts=[a red circle,a blue star]",
                               "sampler=ddim", "steps=2", "guidance_weight=2.0", "thresholding=static", "seed=5"))
     assert (again / "images" / "00004.png").read_bytes() == (out / "images" / "00004.png").read_bytes()
+    # An interval holding every step's t guides every step: the same pixels, the interval recorded as a list.
+    interval = sample(sample_cfg(tmp_path / "interval", ckpt, "num_images=3", "prompts=[a red circle,a blue star]",
+                                 "sampler=ddim", "steps=2", "guidance_weight=2.0", "thresholding=static", "seed=5",
+                                 "guidance_interval=[0.0,1.0]"))
+    assert json.loads((interval / "samples.json").read_text())["sampling"]["guidance_interval"] == [0.0, 1.0]
+    assert (interval / "images" / "00004.png").read_bytes() == (out / "images" / "00004.png").read_bytes()
 
 
 def test_resume_continues_the_step_count(trained, tmp_path, shared_data_dir):
@@ -134,6 +140,7 @@ def test_resume_automatically_from_the_run_folder(trained, shared_data_dir, capl
         (["sampler=euler_a"], ValueError, "unknown sampler"),
         (["guidance_weight=-1"], ValueError, "guidance_weight must be >= 0"),
         (["thresholding=soft"], ValueError, "thresholding"),
+        (["guidance_interval=[0.8,0.2]"], ValueError, "guidance_interval must satisfy"),
         ([], FileNotFoundError, "checkpoint not found"),
     ],
 )

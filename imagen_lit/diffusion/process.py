@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from imagen_lit.diffusion.guidance import check_guidance_weight, guided_model_fn
+from imagen_lit.diffusion.guidance import check_guidance_interval, check_guidance_weight, guided_model_fn
 from imagen_lit.diffusion.samplers import get_sampler, time_grid
 from imagen_lit.diffusion.schedules import LogSNRSchedule
 from imagen_lit.diffusion.thresholding import check_thresholding, threshold_x0
@@ -21,6 +21,7 @@ def check_sampling_options(
     thresholding: str = "dynamic",
     percentile: float = 0.995,
     eta: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> None:
     """Validate sampling settings before any work is done (sampler None: only the other keys are given);
     ValueError that says what is allowed."""
@@ -29,6 +30,7 @@ def check_sampling_options(
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps} (an integer number of sampling steps)")
     check_guidance_weight(guidance_weight)
+    check_guidance_interval(guidance_interval)
     check_thresholding(thresholding, percentile)
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = ancestral variance), got {eta}")
@@ -167,10 +169,11 @@ class GaussianDiffusion:
         thresholding: str = "dynamic",
         percentile: float = 0.995,
         shared: dict[str, Tensor] | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> Callable[[Tensor, Tensor], Tensor]:
         """denoise(x_t, t) -> x0_hat: guidance (Imagen Sec. 2.2), output to x0, thresholding (Sec. 2.3)."""
         check_thresholding(thresholding, percentile)
-        guided = guided_model_fn(model_fn, cond, null_cond, guidance_weight, shared)
+        guided = guided_model_fn(model_fn, cond, null_cond, guidance_weight, shared, guidance_interval)
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
             x0, _ = self.to_x0_eps(guided(x_t, t), x_t, t)
@@ -192,16 +195,18 @@ class GaussianDiffusion:
         sampler: str = "ddpm",
         steps: int = 50,
         eta: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
         generator: torch.Generator | None = None,
         shared: dict[str, Tensor] | None = None,
         callback: Callable[[dict], None] | None = None,
         disable: bool = True,
     ) -> Tensor:
         """Sample from x_1 = noise down to t = 0 with a guided, thresholded denoiser (Imagen Sec. 2.2-2.3)."""
-        check_sampling_options(sampler, steps, guidance_weight, thresholding, percentile, eta)
+        check_sampling_options(sampler, steps, guidance_weight, thresholding, percentile, eta, guidance_interval)
         sample_fn = get_sampler(sampler)
         ts = time_grid(steps)
-        denoise = self.make_denoiser(model_fn, cond, null_cond, guidance_weight, thresholding, percentile, shared)
+        denoise = self.make_denoiser(model_fn, cond, null_cond, guidance_weight, thresholding, percentile, shared,
+                                     guidance_interval)
         kwargs = {"generator": generator, "callback": callback, "disable": disable}
         if sampler == "ddim":
             kwargs["eta"] = eta  # the only sampler with a noise knob

@@ -39,6 +39,7 @@ DEFAULT_SAMPLING = {
     "thresholding": "dynamic",
     "percentile": 0.995,
     "eta": 0.0,
+    "guidance_interval": None,  # [t_lo, t_hi]: guide only at these noise levels (Kynkaanniemi et al. 2024)
 }
 
 

@@ -74,3 +74,30 @@ def test_bad_input(inputs):
         guided_model_fn(ToyNet(), cond, null_cond, -1.0)
     with pytest.raises(ValueError, match="null_cond must have the same keys as cond"):
         guided_model_fn(ToyNet(), cond, {"text_embeds": null_cond["text_embeds"]}, 3.0)
+
+
+def test_guidance_interval_guides_inside_and_is_conditional_outside(inputs):
+    """Kynkaanniemi et al. 2024: w inside [t_lo, t_hi], the conditional model (w = 1) outside, per sample."""
+    x, _, cond, null_cond, shared = inputs
+    t = torch.tensor([0.1, 0.5, 0.9])  # below, inside and above [0.3, 0.7]
+    net = ToyNet()
+    out = guided_model_fn(net, cond, null_cond, 3.0, shared, guidance_interval=(0.3, 0.7))(x, t)
+    full = guided_model_fn(ToyNet(), cond, null_cond, 3.0, shared)(x, t)
+    plain = ToyNet()(x, t, **cond, **shared)
+    torch.testing.assert_close(out[1], full[1])
+    torch.testing.assert_close(out[[0, 2]], plain[[0, 2]])
+    assert not torch.allclose(full[0], plain[0])  # the interval did change the samples outside it
+
+
+def test_guidance_interval_skips_the_null_branch_outside(inputs):
+    x, _, cond, null_cond, shared = inputs
+    net = ToyNet()
+    guided_model_fn(net, cond, null_cond, 3.0, shared, guidance_interval=[0.3, 0.7])(x, torch.full((B,), 0.9))
+    assert net.batches == [B]  # one conditional pass of B, no [cond; null] batch of 2B
+
+
+@pytest.mark.parametrize("bad", [(0.7, 0.3), (0.0, 1.5), "0.3", [0.1]])
+def test_guidance_interval_rejects_bad_values(inputs, bad):
+    _, _, cond, null_cond, _ = inputs
+    with pytest.raises(ValueError, match="guidance_interval"):
+        guided_model_fn(ToyNet(), cond, null_cond, 3.0, guidance_interval=bad)
