@@ -114,6 +114,7 @@ class EfficientUNet(nn.Module):
         position_bands: int = 0,
         text_layers: int = 0,
         input_position_bands: int = 0,
+        token_position_dim: int = 0,
     ):
         super().__init__()
         n = len(block_channels)
@@ -131,7 +132,7 @@ class EfficientUNet(nn.Module):
         emb_dim = 4 * base_channels
         self.inputs = UNetInputs(
             in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers,
-            input_position_bands,
+            input_position_bands, token_position_dim,
         )
         text_dim = self.inputs.text_dim
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from imagen_lit.models.layers import ConditionEmbedding, TextProjection, position_features
+from imagen_lit.models.layers import ConditionEmbedding, TextProjection, position_features, zero_init_
 from imagen_lit.models.text_cache import cached
-from imagen_lit.models.text_refiner import TextRefiner
+from imagen_lit.models.text_refiner import TextRefiner, token_positions
 
 
 class UNetInputs(nn.Module):
@@ -30,8 +30,11 @@ class UNetInputs(nn.Module):
         lowres_cond: bool,
         text_layers: int = 0,
         input_position_bands: int = 0,
+        token_position_dim: int = 0,
     ):
         super().__init__()
+        if token_position_dim < 0 or token_position_dim % 2:
+            raise ValueError(f"token_position_dim must be an even number >= 0, got {token_position_dim}")
         if text_layers < 0:
             raise ValueError(f"text_layers must be >= 0, got {text_layers}")
         if input_position_bands < 0:
@@ -43,6 +46,12 @@ class UNetInputs(nn.Module):
         if text_layers and not text_dim:
             raise ValueError("text_layers > 0 needs a text-conditioned U-Net (text_dim set)")
         self.text_refiner = TextRefiner(self.text_dim, text_layers) if text_layers else None
+        # Each token's place in the caption, added to it: "the first-named object goes left" becomes one attention
+        # hop (image query . token place), whatever the frozen encoder's states say of roles. Starts at zero.
+        if token_position_dim and not text_dim:
+            raise ValueError("token_position_dim > 0 needs a text-conditioned U-Net (text_dim set)")
+        self.token_position = (zero_init_(nn.Linear(token_position_dim, self.text_dim, bias=False))
+                               if token_position_dim else None)
         self.cond = ConditionEmbedding(base_channels, emb_dim, self.text_dim, text_pooling, aug_level=lowres_cond)
         conv_in = in_channels * (2 if lowres_cond else 1) + 4 * input_position_bands
         self.conv = nn.Conv2d(conv_in, base_channels, 3, padding=1)
@@ -62,6 +71,8 @@ class UNetInputs(nn.Module):
         """
         if text_embeds is not None and self.text_proj is not None:
             text_embeds = self.text_proj(text_embeds)
+        if text_embeds is not None and self.token_position is not None:
+            text_embeds = cached(self, "placed", (text_embeds,), lambda: self._add_token_positions(text_embeds))
         if text_embeds is not None and self.text_refiner is not None:
             text_embeds = self.text_refiner(text_embeds, text_mask)  # (B, L, D'): what pooling and attention see
         pool_mask = text_mask
@@ -76,6 +87,12 @@ class UNetInputs(nn.Module):
             pos = rearrange(pos, "(y x) c -> 1 c y x", y=hgt).expand(b, -1, -1, -1)  # (B, 4 bands, H, W)
             h = torch.cat([h, pos], dim=1)
         return self.conv(h), emb, text_embeds, text_mask
+
+    def _add_token_positions(self, text_embeds: Tensor) -> Tensor:
+        """(B, L, D) tokens + a learned map of each place's sinusoidal code (Vaswani et al. 2017)."""
+        codes = token_positions(text_embeds.shape[1], self.token_position.in_features, text_embeds.device,
+                                text_embeds.dtype)  # (L, token_position_dim)
+        return text_embeds + self.token_position(codes).to(text_embeds.dtype)  # (B, L, D)
 
 
 def lowres_input(x: Tensor, lowres: Tensor | None, expected: bool) -> Tensor:

@@ -53,6 +53,7 @@ class UNet(nn.Module):
         gradient_checkpointing: bool = False,
         text_layers: int = 0,
         input_position_bands: int = 0,
+        token_position_dim: int = 0,
     ):
         super().__init__()
         levels = len(channel_mults)
@@ -68,7 +69,7 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.inputs = UNetInputs(
             in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers,
-            input_position_bands,
+            input_position_bands, token_position_dim,
         )
         text_dim = self.inputs.text_dim
 

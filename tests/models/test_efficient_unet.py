@@ -155,3 +155,22 @@ def test_input_position_bands_tell_each_pixel_its_place(make):
         assert coord(torch.randn(2, 3, 16, 16), torch.rand(2), torch.randn(2, 5, 24)).shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match="input_position_bands must be >= 0"):
         make(input_position_bands=-1)
+
+
+@pytest.mark.parametrize("make", [tiny_efficient, tiny_standard])
+def test_token_positions_make_the_unet_read_word_order(make):
+    """Attention and pooling over text tokens are blind to their order: without token_position_dim, exchanging two
+    tokens leaves the output as it is (roles must come from the encoder's states); with it, the output changes."""
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(1, 3, 16, 16, generator=g), torch.full((1,), 0.5)
+    text = torch.randn(1, 5, 24, generator=g)
+    swapped = text[:, [1, 0, 2, 3, 4]]
+    plain, placed = make(), make(token_position_dim=8)
+    nn.init.normal_(placed.inputs.token_position.weight)  # a place code as large as the tokens themselves
+    with torch.no_grad():
+        blind = (plain(x, t, text) - plain(x, t, swapped)).abs().amax()
+        seen = (placed(x, t, text) - placed(x, t, swapped)).abs().amax()
+    assert blind < 1e-5 and seen > max(1e-4, 50 * blind)  # float rounding alone, against a real change
+    for bad in (-2, 3):
+        with pytest.raises(ValueError, match="token_position_dim must be an even number"):
+            make(token_position_dim=bad)
