@@ -7,6 +7,7 @@ Every row shares the base samples (same scenes, seeds and settings); bicubic and
 the 32x32 samples become 64x64. Intervals are Wilson's 95% over scenes. FID needs >= 2 images; KID is left out.
 --base-samples FILE keeps the base samples between calls (one aug_level per call, as the study driver makes them);
 they are reused only while the base stage's weights, sampling settings, captions and batch size are the same.
+--set STAGE.KEY=VALUE replaces one stored sampling setting of a stage, e.g. --set base16.guidance_weight=1.5.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,30 +46,47 @@ def sample_stage(cascade: Cascade, captions: list[str], batch_size: int, **kwarg
     return torch.cat(out)
 
 
-def base_key(cascade: Cascade, captions: list[str], batch_size: int) -> str:
+def base_key(cascade: Cascade, captions: list[str], batch_size: int, overrides: dict | None = None) -> str:
     """What the base samples depend on: the base stage's weights and sampling settings, the captions, the batching."""
     stage = cascade.stages[0]
-    digest = hashlib.sha256(json.dumps([captions, batch_size, dict(stage.sampling)], default=str).encode())
+    settings = {**stage.sampling, **(overrides or {}).get(cascade.names[0], {})}
+    digest = hashlib.sha256(json.dumps([captions, batch_size, settings], default=str).encode())
     for name, tensor in sorted(stage.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def base_samples(cascade: Cascade, captions: list[str], batch_size: int, cache: Path | None) -> torch.Tensor:
+def base_samples(cascade: Cascade, captions: list[str], batch_size: int, cache: Path | None,
+                 overrides: dict | None = None) -> torch.Tensor:
     """The base stage's samples of the captions, read from the cache file when it was written for the same key."""
-    key = base_key(cascade, captions, batch_size) if cache is not None else None
+    overrides = {k: v for k, v in (overrides or {}).items() if k == cascade.names[0]}
+    key = base_key(cascade, captions, batch_size, overrides) if cache is not None else None
     if cache is not None and cache.is_file():
         saved = torch.load(cache, map_location="cpu")
         if saved.get("key") == key:
             return saved["images"]
-    images = sample_stage(cascade, captions, batch_size, stop_at=cascade.names[0])
+    images = sample_stage(cascade, captions, batch_size, stop_at=cascade.names[0], overrides=overrides)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         torch.save({"key": key, "images": images}, tmp)
         tmp.replace(cache)  # never a half-written cache
     return images
+
+
+def parse_settings(items: list[str], cascade: Cascade) -> dict[str, dict]:
+    """--set STAGE.KEY=VALUE items as per-stage sampling overrides (values read as YAML: 1.5, ddpm, [0, 0.5])."""
+    overrides: dict[str, dict] = {}
+    for item in items:
+        name, _, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not (key and eq) or name not in cascade.names:
+            raise ValueError(f"--set {item!r}: write STAGE.KEY=VALUE with STAGE one of {cascade.names}")
+        overrides.setdefault(name, {})[key] = yaml.safe_load(value)
+    for name, settings in overrides.items():
+        cascade.stages[cascade.names.index(name)].checked_sampling(dict(settings))  # a misspelled key fails here
+    return overrides
 
 
 def row(name: str, images: torch.Tensor, scenes: list, fid_eval) -> dict:
@@ -88,14 +107,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--base-samples", type=Path, help="cache file of the base samples, reused when still valid")
     parser.add_argument("--save-grid", type=Path, help="rows of: bicubic | cascade per aug_level")
+    parser.add_argument("--set", nargs="*", default=[], metavar="STAGE.KEY=VALUE",
+                        help="replace a stored sampling setting, e.g. base16.guidance_weight=1.5")
     args = parser.parse_args()
     cascade = Cascade.load(args.cascade)
     if len(cascade.stages) != 2:
         raise ValueError(f"{args.cascade} has stages {cascade.names}: this compares a base and one SR stage")
     base_name, sr_name = cascade.names
+    overrides = parse_settings(args.set, cascade)
     scenes = heldout_scenes(args.num_scenes, args.scene_seed)
     captions = [s.caption for s in scenes]
-    base = base_samples(cascade, captions, args.batch_size, args.base_samples)
+    base = base_samples(cascade, captions, args.batch_size, args.base_samples, overrides)
     size = cascade.stages[1].output_size(base[:1])[-1]
     fid_cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/eval/fid.yaml"))
     fid_cfg.update(cache_dir="data/fid", kid_subset_size=min(fid_cfg["kid_subset_size"], len(scenes)))
@@ -107,7 +129,7 @@ def main() -> None:
     grid = [upsampled[:8]]
     for level in args.aug_levels:
         sr = sample_stage(cascade, captions, args.batch_size, start_at=sr_name, lowres=base,
-                          overrides={sr_name: {"aug_level": level}})
+                          overrides={sr_name: {**overrides.get(sr_name, {}), "aug_level": level}})
         rows.append(row(f"cascade {sr_name}, aug_level {level}", sr, scenes, fid64))
         grid.append(sr[:8])
     print(f"{args.num_scenes} held-out scenes (world seed {args.scene_seed}); overall with Wilson 95% interval")

@@ -231,3 +231,21 @@ def test_cascade_vs_bicubic_reuses_base_samples_only_while_they_are_valid(export
         next(cascade.stages[0].unet.parameters()).add_(1.0)  # other weights, same captions as the cache now holds
     cvb.base_samples(cascade, captions[:1], 2, cache)
     assert len(calls) == 2
+
+
+def test_cascade_vs_bicubic_settings_override_one_stage_and_key_the_cache(exported, tmp_path):
+    """--set base16.steps=3 changes the base samples (and so the cache key); a bad item is one line."""
+    import experiments.cascade_vs_bicubic as cvb
+
+    cascade, captions = Cascade.load(exported), ["a red circle", "two blue squares"]
+    overrides = cvb.parse_settings(["base16.steps=3", "sr32.guidance_weight=1.5"], cascade)
+    assert overrides == {"base16": {"steps": 3}, "sr32": {"guidance_weight": 1.5}}
+    assert cvb.base_key(cascade, captions, 2, overrides) != cvb.base_key(cascade, captions, 2)
+    assert cvb.base_key(cascade, captions, 2, {"sr32": {"steps": 3}}) == cvb.base_key(cascade, captions, 2)
+    assert cascade.stages[0].sampling["steps"] != 3
+    plain = cvb.base_samples(cascade, captions, 2, None)
+    assert not torch.equal(cvb.base_samples(cascade, captions, 2, None, overrides), plain)
+    with pytest.raises(ValueError, match="write STAGE.KEY=VALUE"):
+        cvb.parse_settings(["sr64.steps=3"], cascade)
+    with pytest.raises(ValueError, match="unknown sampling options"):
+        cvb.parse_settings(["base16.guidance=3"], cascade)

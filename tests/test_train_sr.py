@@ -107,3 +107,13 @@ def test_noise_augmentation_ablation_config(tmp_path):
     assert cfg.data.crop_size == 32 and cfg.stage.fully_convolutional and cfg.trainer.max_steps == 2000
     quickstart = compose_config("train", tmp_path, ["experiment=quickstart_sr64"])
     assert quickstart.stage.noise_aug is True and quickstart.stage.sampling.aug_level == 0.3  # the paper's default
+
+
+def test_world_sr32_config_super_resolves_a_16x16_base(tmp_path):
+    """experiment=world_sr32: whole 32x32 images from 16x16 ones, the base's U-Net with the low-res input added."""
+    cfg = compose_config("train", tmp_path, ["experiment=world_sr32"])
+    assert (cfg.data.resolution, cfg.data.lowres_resolution, cfg.data.crop_size) == (32, 16, None)
+    assert cfg.unet.lowres_cond and cfg.unet.text_cross_attention == [True, True, True]
+    assert not cfg.stage.fully_convolutional and not cfg.stage.channels_last and cfg.stage.noise_aug
+    stage = instantiate(cfg.stage, unet=instantiate(cfg.unet, text_dim=384), diffusion=instantiate(cfg.diffusion))
+    assert isinstance(stage, SRStage) and stage.scale == 2
