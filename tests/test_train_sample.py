@@ -227,6 +227,13 @@ def test_quickstart_config_builds(tmp_path):
     assert sum(p.numel() for p in unet.parameters()) < 20e6
 
 
+def test_world_config_samples_at_its_measured_guidance_weight(tmp_path):
+    """experiment=world stores w = 1.5 (its best on 500 held-out scenes); the quickstart keeps 5."""
+    world = compose_config("train", tmp_path, ["experiment=world"])
+    assert world.stage.sampling.guidance_weight == 1.5 and world.trainer.max_steps == 10000
+    assert compose_config("train", tmp_path, ["experiment=quickstart"]).stage.sampling.guidance_weight == 5.0
+
+
 def test_drawbench_grids_per_category(trained, tmp_path):
     out = sample(sample_cfg(tmp_path, trained / "checkpoints" / "last.ckpt", "drawbench=Rare Words",
                             "num_images=2", "steps=1"))
