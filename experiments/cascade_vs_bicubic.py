@@ -60,7 +60,6 @@ def base_key(cascade: Cascade, captions: list[str], batch_size: int, overrides: 
 def base_samples(cascade: Cascade, captions: list[str], batch_size: int, cache: Path | None,
                  overrides: dict | None = None) -> torch.Tensor:
     """The base stage's samples of the captions, read from the cache file when it was written for the same key."""
-    overrides = {k: v for k, v in (overrides or {}).items() if k == cascade.names[0]}
     key = base_key(cascade, captions, batch_size, overrides) if cache is not None else None
     if cache is not None and cache.is_file():
         saved = torch.load(cache, map_location="cpu")
