@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imagen_lit.models.inputs import UNetInputs
@@ -88,7 +89,9 @@ class EfficientUNet(nn.Module):
     Without self-attention it is fully convolutional plus text cross-attention, so a model trained on crops
     runs on whole images. position_bands > 0 (not in the paper) adds Fourier features of each token's place in the
     image to every attention layer's input, so spatial words can be tied to places; keep 0 for crop-trained stages,
-    whose positions would be crop-relative.
+    whose positions would be crop-relative. patch_size p > 1 (not in the paper; Hoogeboom et al. 2023 Sec. 3.3)
+    folds each p x p patch of x_t (and of the low-res image) into channels before the input convolution and unfolds
+    the output, so the whole network runs at image_size / p.
     """
 
     def __init__(
@@ -115,24 +118,29 @@ class EfficientUNet(nn.Module):
         text_layers: int = 0,
         input_position_bands: int = 0,
         token_position_dim: int = 0,
+        patch_size: int = 1,
     ):
         super().__init__()
         n = len(block_channels)
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         strides = list(block_strides) if block_strides is not None else [2] * n
         if len(num_res_blocks) != n or len(strides) != n:
             raise ValueError(f"block_channels, num_res_blocks and block_strides need {n} entries each")
-        if image_size % math.prod(strides):
-            raise ValueError(f"image_size {image_size} is not divisible by the total stride {math.prod(strides)}")
+        if image_size % (patch_size * math.prod(strides)):
+            raise ValueError(f"image_size {image_size} is not divisible by patch_size x the total stride "
+                             f"{patch_size * math.prod(strides)}")
         attend_self = _per_block(self_attention, n, "self_attention")
         attend_text = _per_block(text_cross_attention, n, "text_cross_attention")
         self.image_size = image_size
         self.in_channels = in_channels
         self.lowres_cond = lowres_cond
+        self.patch_size = patch_size
         self.gradient_checkpointing = gradient_checkpointing
         emb_dim = 4 * base_channels
         self.inputs = UNetInputs(
-            in_channels, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond, text_layers,
-            input_position_bands, token_position_dim,
+            in_channels * patch_size**2, base_channels, emb_dim, text_dim, text_proj_dim, text_pooling, lowres_cond,
+            text_layers, input_position_bands, token_position_dim,
         )
         text_dim = self.inputs.text_dim
 
@@ -163,7 +171,8 @@ class EfficientUNet(nn.Module):
         # DBlock does not cost the network its full-resolution view of x_t.
         self.final = ResBlock(2 * base_channels, base_channels, None)
         self.out = nn.Sequential(
-            group_norm(base_channels), nn.SiLU(), zero_init_(nn.Conv2d(base_channels, out_channels, 3, padding=1))
+            group_norm(base_channels), nn.SiLU(),
+            zero_init_(nn.Conv2d(base_channels, out_channels * patch_size**2, 3, padding=1)),
         )
 
     def forward(
@@ -176,6 +185,14 @@ class EfficientUNet(nn.Module):
         aug_level: Tensor | None = None,
     ) -> Tensor:
         """Predict the diffusion target for x_t at times t [B] given text embeds [B, L, D] and mask [B, L]."""
+        p = self.patch_size
+        if p > 1:
+            if lowres is not None and lowres.shape[-2:] != x.shape[-2:]:
+                lowres = F.interpolate(lowres, size=x.shape[-2:], mode="bicubic", align_corners=False)
+            if x.shape[-1] % p or x.shape[-2] % p:
+                raise ValueError(f"x of size {tuple(x.shape[-2:])} is not divisible by patch_size {p}")
+            x = F.pixel_unshuffle(x, p)  # (B, C, H, W) -> (B, C p^2, H / p, W / p)
+            lowres = F.pixel_unshuffle(lowres, p) if lowres is not None else None
         h, emb, text_embeds, text_mask = self.inputs(x, t, text_embeds, text_mask, lowres, aug_level)
         full_res = h
         ckpt = self.gradient_checkpointing and self.training
@@ -187,4 +204,5 @@ class EfficientUNet(nn.Module):
             h = torch.cat([h, skips.pop() * SKIP_SCALE], dim=1)  # (B, 2C, H, W)
             h = run_block(block, ckpt, h, emb, text_embeds, text_mask)
         h = self.final(torch.cat([h, full_res * SKIP_SCALE], dim=1))  # (B, 2 * base, H, W) -> (B, base, H, W)
-        return self.out(h)
+        out = self.out(h)
+        return F.pixel_shuffle(out, p) if p > 1 else out  # (B, C p^2, H / p, W / p) -> (B, C, H, W)

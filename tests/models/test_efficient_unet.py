@@ -174,3 +174,29 @@ def test_token_positions_make_the_unet_read_word_order(make):
     for bad in (-2, 3):
         with pytest.raises(ValueError, match="token_position_dim must be an even number"):
             make(token_position_dim=bad)
+
+
+def test_patch_size_runs_the_unet_on_folded_patches():
+    """patch_size 2 at 16x16 is the 8x8 U-Net with 12 channels in and out, on pixel-unshuffled x_t and low-res."""
+    patched = tiny_efficient(image_size=16, patch_size=2, lowres_cond=True)
+    folded = EfficientUNet(image_size=8, text_dim=24, in_channels=12, out_channels=12, base_channels=16,
+                           block_channels=(16, 32, 32), num_res_blocks=(1, 1, 2), self_attention=(False, True, True),
+                           text_cross_attention=(False, True, True), num_heads=4, lowres_cond=True).eval()
+    folded.load_state_dict(patched.state_dict())
+    (x, t, text, mask), kw = inputs(lowres=True)
+    up = torch.nn.functional.interpolate(kw["lowres"], size=16, mode="bicubic", align_corners=False)
+    want = folded(torch.nn.functional.pixel_unshuffle(x, 2), t, text, mask,
+                  lowres=torch.nn.functional.pixel_unshuffle(up, 2), aug_level=kw["aug_level"])
+    out = patched(x, t, text, mask, **kw)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, torch.nn.functional.pixel_shuffle(want, 2))
+
+
+def test_patch_size_errors_name_the_fix():
+    with pytest.raises(ValueError, match="patch_size must be >= 1"):
+        tiny_efficient(patch_size=0)
+    with pytest.raises(ValueError, match="not divisible by patch_size x the total stride 16"):
+        tiny_efficient(image_size=8, patch_size=2)
+    (x, t, text, mask), _ = inputs()
+    with pytest.raises(ValueError, match="not divisible by patch_size 2"):
+        tiny_efficient(patch_size=2, block_strides=(2, 2, 1))(x[..., :15, :15], t, text, mask)
