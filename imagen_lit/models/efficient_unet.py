@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imagen_lit.models.inputs import UNetInputs
+from imagen_lit.models.inputs import UNetInputs, upsample_lowres
 from imagen_lit.models.layers import (
     AttentionStack,
     ResBlock,
@@ -187,12 +187,10 @@ class EfficientUNet(nn.Module):
         """Predict the diffusion target for x_t at times t [B] given text embeds [B, L, D] and mask [B, L]."""
         p = self.patch_size
         if p > 1:
-            if lowres is not None and lowres.shape[-2:] != x.shape[-2:]:
-                lowres = F.interpolate(lowres, size=x.shape[-2:], mode="bicubic", align_corners=False)
             if x.shape[-1] % p or x.shape[-2] % p:
                 raise ValueError(f"x of size {tuple(x.shape[-2:])} is not divisible by patch_size {p}")
+            lowres = F.pixel_unshuffle(upsample_lowres(lowres, x.shape[-2:]), p) if lowres is not None else None
             x = F.pixel_unshuffle(x, p)  # (B, C, H, W) -> (B, C p^2, H / p, W / p)
-            lowres = F.pixel_unshuffle(lowres, p) if lowres is not None else None
         h, emb, text_embeds, text_mask = self.inputs(x, t, text_embeds, text_mask, lowres, aug_level)
         full_res = h
         ckpt = self.gradient_checkpointing and self.training

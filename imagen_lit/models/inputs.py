@@ -105,6 +105,11 @@ def lowres_input(x: Tensor, lowres: Tensor | None, expected: bool) -> Tensor:
         raise ValueError("this U-Net is a super-resolution model: pass lowres [B, C, h, w]")
     if lowres.shape[0] != x.shape[0] or lowres.shape[1] != x.shape[1]:
         raise ValueError(f"lowres must be [B={x.shape[0]}, C={x.shape[1]}, h, w], got {tuple(lowres.shape)}")
-    if lowres.shape[-2:] != x.shape[-2:]:
-        lowres = F.interpolate(lowres, size=x.shape[-2:], mode="bicubic", align_corners=False)
-    return torch.cat([x, lowres.to(x.dtype)], dim=1)
+    return torch.cat([x, upsample_lowres(lowres, x.shape[-2:]).to(x.dtype)], dim=1)
+
+
+def upsample_lowres(lowres: Tensor, size) -> Tensor:
+    """Bicubic upsampling of the low-res conditioning image to size (H, W); unchanged if it is that size already."""
+    if tuple(lowres.shape[-2:]) == tuple(size):
+        return lowres
+    return F.interpolate(lowres, size=tuple(size), mode="bicubic", align_corners=False)
