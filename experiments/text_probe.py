@@ -2,6 +2,7 @@
 
     python experiments/text_probe.py                      # all-MiniLM-L6-v2, 3000 spatial captions of world seed 0
     python experiments/text_probe.py --encoder t5-v1_1-xxl --num-captions 3000
+    python experiments/text_probe.py --num-layers 3       # the states after MiniLM's third layer
 
 For each spatial caption ("a red circle to the left of a blue square") two probes read the state of a named shape's
 token: (1) the subject's token -> the relation (left of / right of / above / below); (2) each shape's token -> the
@@ -46,8 +47,9 @@ def main() -> None:
     parser.add_argument("--encoder", default="minilm")
     parser.add_argument("--num-captions", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0, help="world seed of the captions")
+    parser.add_argument("--num-layers", type=int, help="read the states after this many layers (default: all)")
     args = parser.parse_args()
-    encoder = FrozenTextEncoder(args.encoder, max_length=32)
+    encoder = FrozenTextEncoder(args.encoder, max_length=32, num_layers=args.num_layers)
     rng = random.Random(args.seed)
     captions, items = [], []
     while len(captions) < args.num_captions:

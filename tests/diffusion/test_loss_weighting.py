@@ -71,3 +71,15 @@ def test_cosine_shift_adds_to_log_snr_and_keeps_variance_preserving():
     alpha, sigma = shifted.alpha_sigma(t)
     torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(t))
     assert (alpha > base.alpha_sigma(t)[0]).all()  # a positive shift means less noise at every t
+
+
+def test_shift_with_gamma_over_four_keeps_the_half_resolution_weights():
+    """recipe_search.md: at 32x32 with the shift 2 log(16/32), min-SNR gamma 1.25 weighs every t as the unshifted
+    16x16 model with gamma 5 does in x0 terms, up to the global factor 4: min(4 SNR, 5) = 4 min(SNR, 1.25)."""
+    t = torch.linspace(0.02, 0.98, 25)
+    half = GaussianDiffusion(CosineSchedule(), "x0", "min_snr", min_snr_gamma=5.0)
+    full = GaussianDiffusion(CosineSchedule(shift=2 * math.log(16 / 32)), "x0", "min_snr", min_snr_gamma=1.25)
+    torch.testing.assert_close(4 * full.loss_weight(t), half.loss_weight(t), rtol=1e-5, atol=1e-7)
+    unweighted = GaussianDiffusion(CosineSchedule(shift=2 * math.log(16 / 32)), "x0", "min_snr", min_snr_gamma=5.0)
+    # The shift alone does not: 4 min(SNR_16 / 4, 5) = min(SNR_16, 20), so the nearly clean levels gain 4x on the noisy.
+    assert (4 * unweighted.loss_weight(t) > 3.9 * half.loss_weight(t)).any()
