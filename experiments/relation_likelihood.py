@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the summary here too")
     parser.add_argument("--per-level", action="store_true",
-                        help="also print each level's log-SNR, its min-SNR loss weight and the relation's x0-MSE gap")
+                        help="also print each level's log-SNR, its loss weight in x0 terms and the x0-MSE gaps")
     args = parser.parse_args()
     stage, encoder, cfg = load_stage(args.ckpt_path)
     net = stage.average.current(stage.ema)
@@ -116,17 +116,22 @@ def main() -> None:
                                       "mean_gap": float((other - true).mean())}
             print(f"{k:>9} {part:>6}: prefers the true caption in {wins}/{len(scenes)} = {wins / len(scenes):.3f} "
                   f"[{lo:.2f}, {hi:.2f}] (chance 0.5), mean x0-MSE gap {float((other - true).mean()):.2e}")
-    if args.per_level:  # where along the noise levels the relation (and the binding) is read
-        log_snr = stage.diffusion.schedule.log_snr(t_grid)
-        weight = stage.diffusion.loss_weight(t_grid)  # of the target's MSE
+    if args.per_level:  # where along the noise levels the relation (and the binding) is read, and what it weighs
+        diffusion = stage.diffusion
+        snr = torch.exp(diffusion.schedule.log_snr(t_grid).float())
+        # The loss weighs the target's MSE; target MSE = x0 MSE x SNR (eps), x (SNR + 1) (v) or x 1 (x0).
+        per_x0 = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[diffusion.prediction]
+        x0_weight = diffusion.loss_weight(t_grid) * per_x0
         summary["per_level"] = []
         for j, t in enumerate(t_grid):
             gaps = {k: float((errors[k][:, j] - errors["true"][:, j]).mean()) for k in ("relation", "colours")}
             wins = int((errors["true"][:, j] < errors["relation"][:, j]).sum())
-            summary["per_level"].append({"t": float(t), "log_snr": float(log_snr[j]), "loss_weight": float(weight[j]),
+            w = float(x0_weight[j])
+            summary["per_level"].append({"t": float(t), "log_snr": float(snr[j].log()), "x0_weight": w,
                                          "relation_wins": wins, **{f"{k}_gap": v for k, v in gaps.items()}})
-            print(f"t {float(t):.3f} log-SNR {float(log_snr[j]):+6.2f} loss weight {float(weight[j]):.3f}: relation "
-                  f"gap {gaps['relation']:+.2e} ({wins}/{len(scenes)}), colours gap {gaps['colours']:+.2e}")
+            print(f"t {float(t):.3f} log-SNR {float(snr[j].log()):+6.2f} x0 weight {w:.3f}: relation gap "
+                  f"{gaps['relation']:+.2e} (weighted {w * gaps['relation']:+.2e}, {wins}/{len(scenes)}), colours gap "
+                  f"{gaps['colours']:+.2e}")
     if args.json:  # the summary as JSON
         Path(args.json).write_text(json.dumps(summary, indent=1))
 
