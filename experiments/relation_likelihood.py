@@ -117,19 +117,15 @@ def main() -> None:
             print(f"{k:>9} {part:>6}: prefers the true caption in {wins}/{len(scenes)} = {wins / len(scenes):.3f} "
                   f"[{lo:.2f}, {hi:.2f}] (chance 0.5), mean x0-MSE gap {float((other - true).mean()):.2e}")
     if args.per_level:  # where along the noise levels the relation (and the binding) is read, and what it weighs
-        diffusion = stage.diffusion
-        snr = torch.exp(diffusion.schedule.log_snr(t_grid).float())
-        # The loss weighs the target's MSE; target MSE = x0 MSE x SNR (eps), x (SNR + 1) (v) or x 1 (x0).
-        per_x0 = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[diffusion.prediction]
-        x0_weight = diffusion.loss_weight(t_grid) * per_x0
+        log_snr, x0_weight = stage.diffusion.schedule.log_snr(t_grid), stage.diffusion.x0_weight(t_grid)
         summary["per_level"] = []
         for j, t in enumerate(t_grid):
             gaps = {k: float((errors[k][:, j] - errors["true"][:, j]).mean()) for k in ("relation", "colours")}
             wins = int((errors["true"][:, j] < errors["relation"][:, j]).sum())
             w = float(x0_weight[j])
-            summary["per_level"].append({"t": float(t), "log_snr": float(snr[j].log()), "x0_weight": w,
+            summary["per_level"].append({"t": float(t), "log_snr": float(log_snr[j]), "x0_weight": w,
                                          "relation_wins": wins, **{f"{k}_gap": v for k, v in gaps.items()}})
-            print(f"t {float(t):.3f} log-SNR {float(snr[j].log()):+6.2f} x0 weight {w:.3f}: relation gap "
+            print(f"t {float(t):.3f} log-SNR {float(log_snr[j]):+6.2f} x0 weight {w:.3f}: relation gap "
                   f"{gaps['relation']:+.2e} (weighted {w * gaps['relation']:+.2e}, {wins}/{len(scenes)}), colours gap "
                   f"{gaps['colours']:+.2e}")
     if args.json:  # the summary as JSON

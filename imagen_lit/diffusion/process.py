@@ -97,11 +97,19 @@ class GaussianDiffusion:
             return torch.ones_like(t, dtype=torch.float32)
         snr = torch.exp(self.schedule.log_snr(t).float())
         clipped = snr.clamp(min=self.min_snr_floor, max=self.min_snr_gamma)
+        return clipped / self._target_per_x0(snr)
+
+    def x0_weight(self, t: Tensor) -> Tensor:
+        """Weight [B] the training loss puts on the x0 MSE at t: loss_weight x (target MSE per x0 MSE)."""
+        return self.loss_weight(t) * self._target_per_x0(torch.exp(self.schedule.log_snr(t).float()))
+
+    def _target_per_x0(self, snr: Tensor) -> Tensor:
+        """The target's MSE per unit of x0 MSE: SNR (eps), SNR + 1 (v, Salimans & Ho 2022) or 1 (x0)."""
         if self.prediction == "eps":
-            return clipped / snr
+            return snr
         if self.prediction == "v":
-            return clipped / (snr + 1)
-        return clipped
+            return snr + 1
+        return torch.ones_like(snr)
 
     def _alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sigma = self.schedule.alpha_sigma(t.to(like.device))

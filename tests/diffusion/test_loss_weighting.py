@@ -83,3 +83,17 @@ def test_shift_with_gamma_over_four_keeps_the_half_resolution_weights():
     unweighted = GaussianDiffusion(CosineSchedule(shift=2 * math.log(16 / 32)), "x0", "min_snr", min_snr_gamma=5.0)
     # The shift alone does not: 4 min(SNR_16 / 4, 5) = min(SNR_16, 20), so the nearly clean levels gain 4x on the noisy.
     assert (4 * unweighted.loss_weight(t) > 3.9 * half.loss_weight(t)).any()
+
+
+@pytest.mark.parametrize("weighting", ["none", "min_snr"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_x0_weight_is_what_the_loss_puts_on_the_x0_error(prediction, weighting):
+    """x0_weight(t) x ||x0_hat - x0||^2 is the training loss, whatever the target (relation_likelihood --per-level)."""
+    diffusion = GaussianDiffusion(CosineSchedule(), prediction, weighting)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, out = (torch.randn(6, 3, 4, 4, generator=g) for _ in range(3))
+    t = torch.tensor([0.02, 0.1, 0.3, 0.5, 0.8, 0.99])
+    losses, _ = diffusion.training_loss(lambda x_t, t: out, x0, t=t, noise=noise)
+    x0_hat, _ = diffusion.to_x0_eps(out, diffusion.q_sample(x0, t, noise), t)
+    expected = diffusion.x0_weight(t) * ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(losses, expected, rtol=1e-4, atol=1e-6)
