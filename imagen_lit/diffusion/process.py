@@ -1,8 +1,9 @@
 """The Gaussian noising process, its training loss and the sampling entry point (Imagen Sec. 2, App. A)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from imagen_lit.diffusion.guidance import check_guidance_interval, check_guidance_weight, guided_model_fn
@@ -63,6 +64,7 @@ class GaussianDiffusion:
         loss_weighting: str = "none",
         min_snr_gamma: float = 5.0,
         min_snr_floor: float = 0.0,
+        multiscale_weights: Sequence[float] = (1.0,),
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -75,15 +77,21 @@ class GaussianDiffusion:
         if min_snr_floor > 0 and prediction == "eps":
             raise ValueError("min_snr_floor > 0 weighs eps-MSE by floor / SNR at high noise (unbounded); use "
                              "prediction=v or x0")
+        weights = [float(w) for w in multiscale_weights]
+        if not weights or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"multiscale_weights must be >= 0 with a positive sum (one per halving, [1.0] = plain "
+                             f"MSE), got {list(multiscale_weights)}")
         self.schedule = schedule
         self.prediction = prediction
+        self.multiscale_weights = weights
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
         self.min_snr_floor = min_snr_floor
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule!r}, prediction={self.prediction!r}, "
-                f"loss_weighting={self.loss_weighting!r}, min_snr_floor={self.min_snr_floor})")
+                f"loss_weighting={self.loss_weighting!r}, min_snr_floor={self.min_snr_floor}, "
+                f"multiscale_weights={self.multiscale_weights})")
 
     def loss_weight(self, t: Tensor) -> Tensor:
         """Per-sample weight [B] of the target's MSE; min_snr: the x0-MSE weight min(SNR, gamma) (Hang et al. 2023).
@@ -165,8 +173,29 @@ class GaussianDiffusion:
         out = model_fn(x_t, t, **model_kwargs)
         if out.shape != x0.shape:
             raise ValueError(f"model output shape {tuple(out.shape)} must equal x0's {tuple(x0.shape)}")
-        err = (out.float() - self.target(x0, noise, t).float()) ** 2
-        return err.reshape(x0.shape[0], -1).mean(dim=1) * self.loss_weight(t).to(err.device), t  # (B,)
+        err = self.multiscale_mse(out.float() - self.target(x0, noise, t).float())
+        return err * self.loss_weight(t).to(err.device), t  # (B,)
+
+    def multiscale_mse(self, diff: Tensor) -> Tensor:
+        """Per-sample MSE [B] of the error averaged over 2^i x 2^i blocks, weighted by multiscale_weights[i] and
+        normalised by their sum (Hoogeboom et al. 2023 Sec. 3.2: [1, 2, 4] weighs each halving by 1 / resolution).
+
+        A block average keeps an error that is smooth over the block (where the objects go) and divides white error
+        (unpredictable detail) by the block's area, so coarser terms lift layout's share of the gradient.
+        """
+        weights = self.multiscale_weights
+        if len(weights) == 1:
+            return diff.pow(2).reshape(diff.shape[0], -1).mean(dim=1)
+        block = 2 ** (len(weights) - 1)
+        if diff.dim() != 4 or diff.shape[-1] % block or diff.shape[-2] % block:
+            raise ValueError(f"multiscale_weights of length {len(weights)} needs (B, C, H, W) images divisible by "
+                             f"{block}, got {tuple(diff.shape)}; drop the coarsest weights")
+        total = 0
+        for i, w in enumerate(weights):
+            if w:
+                pooled = F.avg_pool2d(diff, 2**i) if i else diff  # (B, C, H / 2^i, W / 2^i)
+                total = total + w * pooled.pow(2).reshape(diff.shape[0], -1).mean(dim=1)
+        return total / sum(weights)
 
     def make_denoiser(
         self,
