@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from imagen_lit.build import load_stage, read_stage_checkpoint
+from imagen_lit.build import load_base, read_stage_checkpoint
 from imagen_lit.diffusion import check_sampling_options
 from imagen_lit.eval.drawbench import drawbench_prompts
 from imagen_lit.images import make_grid, read_png, save_png
@@ -64,6 +64,14 @@ def sampling_overrides(cfg: DictConfig) -> dict[str, Any]:
             for k in DEFAULT_SAMPLING if (v := cfg.get(k)) is not None}
 
 
+def load_sampled_base(cfg: DictConfig) -> tuple[Any, Any, DictConfig]:
+    """The base stage of ckpt_path, or with experts.high_noise the pair of noise-level experts (eDiff-I)."""
+    experts = cfg.get("experts") or {}
+    own = experts.get("high_noise_sampling") or {}
+    return load_base(cfg.ckpt_path, experts.get("high_noise"), float(experts.get("switch_log_snr", 0.0)),
+                     OmegaConf.to_container(own) if OmegaConf.is_config(own) else dict(own))
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Sample held-out synthetic scenes at the configured guidance and score alignment and domain FID."""
     from torch.utils.tensorboard import SummaryWriter
@@ -74,7 +82,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     overrides = sampling_overrides(cfg)
     check_sampling_options(**overrides)
     scenes = heldout_scenes(cfg.eval.num_images, cfg.eval.scene_seed)
-    stage, text_encoder, _ = load_stage(cfg.ckpt_path)
+    stage, text_encoder, _ = load_sampled_base(cfg)
     device = resolve_device(cfg.get("device", "auto"))
     stage.to(device)
     settings = {**stage.sampling, **overrides}
@@ -98,6 +106,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     save_png(grid, out_dir / "grid.png")
     hparams = {"guidance_weight": float(settings["guidance_weight"]), "thresholding": settings["thresholding"],
                "sampler": settings["sampler"], "steps": int(settings["steps"])}
+    if (cfg.get("experts") or {}).get("high_noise"):
+        hparams.update(high_noise_expert=str(cfg.experts.high_noise), switch_log_snr=float(cfg.experts.switch_log_snr))
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:  # HPARAMS tab: the sweep's jobs side by side
         writer.add_hparams(hparams, {k: v for k, v in metrics.items() if isinstance(v, float)}, run_name=".")
         writer.add_image("samples", (grid + 1) / 2)
@@ -224,7 +234,7 @@ def sample(cfg: DictConfig) -> Path | dict[str, Any]:
         return sample_sr_checkpoint(cfg)
     if cfg.get("evaluate"):
         return evaluate(cfg)
-    stage, text_encoder, _ = load_stage(cfg.ckpt_path)
+    stage, text_encoder, _ = load_sampled_base(cfg)
     device = resolve_device(cfg.get("device", "auto"))
     stage.to(device)
     settings = {**stage.sampling, **overrides}

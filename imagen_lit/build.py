@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from imagen_lit.checkpoint import read_checkpoint
 from imagen_lit.stages.base import BaseStage
 from imagen_lit.stages.callbacks import CHECKPOINT_CONFIG_KEY
+from imagen_lit.stages.experts import ExpertPair
 from imagen_lit.text import FrozenTextEncoder
 from imagen_lit.zero_checkpoint import read_deepspeed_checkpoint
 
@@ -45,3 +46,17 @@ def load_stage(ckpt_path: str | Path) -> tuple[BaseStage, FrozenTextEncoder, Dic
     checkpoint, cfg = read_stage_checkpoint(ckpt_path)
     text_encoder = instantiate(cfg.text_encoder)
     return stage_from_checkpoint(checkpoint, cfg, text_encoder.dim), text_encoder, cfg
+
+
+def load_base(ckpt_path: str | Path, high_noise_expert: str | Path | None = None, switch_log_snr: float = 0.0,
+              high_noise_sampling: dict | None = None) -> tuple[BaseStage | ExpertPair, FrozenTextEncoder, DictConfig]:
+    """load_stage, or with high_noise_expert an ExpertPair of the two checkpoints (ckpt_path the low-noise one)."""
+    stage, text_encoder, cfg = load_stage(ckpt_path)
+    if high_noise_expert is None:
+        return stage, text_encoder, cfg
+    checkpoint, high_cfg = read_stage_checkpoint(high_noise_expert)
+    if OmegaConf.to_container(high_cfg.text_encoder) != OmegaConf.to_container(cfg.text_encoder):
+        raise ValueError(f"the experts were trained on different text encoders ({cfg.text_encoder.get('name_or_path')} "
+                         f"and {high_cfg.text_encoder.get('name_or_path')}): pair checkpoints of one encoder")
+    high = stage_from_checkpoint(checkpoint, high_cfg, text_encoder.dim)
+    return ExpertPair(stage, high, switch_log_snr, high_noise_sampling), text_encoder, cfg

@@ -95,6 +95,18 @@ def test_train_then_sample(trained, tmp_path):
     assert (interval / "images" / "00004.png").read_bytes() == (out / "images" / "00004.png").read_bytes()
 
 
+def test_sample_with_noise_level_experts(trained, tmp_path):
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    args = ["num_images=2", "prompts=[a red circle]", "sampler=ddim", "steps=2", "seed=5"]
+    plain = sample(sample_cfg(tmp_path / "plain", ckpt, *args))
+    # A hand-over below every level leaves the low-noise expert (ckpt_path) to sample alone: the same pixels.
+    pair = sample(sample_cfg(tmp_path / "pair", ckpt, *args, f"experts.high_noise={ckpt}",
+                             "experts.switch_log_snr=-100", "experts.high_noise_sampling.guidance_weight=4.0"))
+    assert (pair / "images" / "00001.png").read_bytes() == (plain / "images" / "00001.png").read_bytes()
+    sampling = json.loads((pair / "samples.json").read_text())["sampling"]
+    assert sampling["switch_log_snr"] == -100 and sampling["high_noise"]["guidance_weight"] == 4.0
+
+
 def test_resume_continues_the_step_count(trained, tmp_path, shared_data_dir):
     from tests.conftest import TINY
 

@@ -65,6 +65,7 @@ class GaussianDiffusion:
         min_snr_gamma: float = 5.0,
         min_snr_floor: float = 0.0,
         multiscale_weights: Sequence[float] = (1.0,),
+        log_snr_range: Sequence[float | None] | None = None,
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -82,16 +83,34 @@ class GaussianDiffusion:
             raise ValueError(f"multiscale_weights must be >= 0 with a positive sum (one per halving, [1.0] = plain "
                              f"MSE), got {list(multiscale_weights)}")
         self.schedule = schedule
+        self.log_snr_range, self.t_range = self._t_range(log_snr_range)
         self.prediction = prediction
         self.multiscale_weights = weights
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
         self.min_snr_floor = min_snr_floor
 
+    def _t_range(self, log_snr_range) -> tuple[tuple[float | None, float | None] | None, tuple[float, float]]:
+        """[min, max] log-SNR an expert trains on (None ends: unbounded) -> the t interval it spans."""
+        if log_snr_range is None:
+            return None, (0.0, 1.0)
+        try:
+            lo, hi = (None if v is None else float(v) for v in log_snr_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"log_snr_range must be [min, max] (null for an open end) or null, "
+                             f"got {log_snr_range!r}") from None
+        if lo is not None and hi is not None and not lo < hi:
+            raise ValueError(f"log_snr_range must have min < max, got [{lo}, {hi}]")
+        t_lo = 0.0 if hi is None else float(self.schedule.t_at(torch.tensor(hi)))  # the clean end: small t
+        t_hi = 1.0 if lo is None else float(self.schedule.t_at(torch.tensor(lo)))
+        if not t_hi - t_lo > 1e-6:
+            raise ValueError(f"log_snr_range [{lo}, {hi}] spans no noise level of {self.schedule!r}; widen it")
+        return (lo, hi), (t_lo, t_hi)
+
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule!r}, prediction={self.prediction!r}, "
                 f"loss_weighting={self.loss_weighting!r}, min_snr_floor={self.min_snr_floor}, "
-                f"multiscale_weights={self.multiscale_weights})")
+                f"multiscale_weights={self.multiscale_weights}, log_snr_range={self.log_snr_range})")
 
     def loss_weight(self, t: Tensor) -> Tensor:
         """Per-sample weight [B] of the target's MSE; min_snr: the x0-MSE weight min(SNR, gamma) (Hang et al. 2023).
@@ -151,8 +170,12 @@ class GaussianDiffusion:
     def sample_t(
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
     ) -> Tensor:
-        """t ~ U(0, 1) per sample (Imagen App. A, continuous time)."""
-        return torch.rand(batch, generator=generator, device=_gen_device(generator, device)).to(device)
+        """t ~ U(0, 1) per sample (Imagen App. A, continuous time); an expert (log_snr_range, eDiff-I, Balaji et al.
+        2022 Sec. 4) draws t uniformly over its own interval instead."""
+        u = torch.rand(batch, generator=generator, device=_gen_device(generator, device)).to(device)
+        if self.t_range == (0.0, 1.0):
+            return u
+        return self.t_range[0] + (self.t_range[1] - self.t_range[0]) * u
 
     def training_loss(
         self,
@@ -240,11 +263,28 @@ class GaussianDiffusion:
     ) -> Tensor:
         """Sample from x_1 = noise down to t = 0 with a guided, thresholded denoiser (Imagen Sec. 2.2-2.3)."""
         check_sampling_options(sampler, steps, guidance_weight, thresholding, percentile, eta, guidance_interval)
-        sample_fn = get_sampler(sampler)
-        ts = time_grid(steps)
         denoise = self.make_denoiser(model_fn, cond, null_cond, guidance_weight, thresholding, percentile, shared,
                                      guidance_interval)
+        return self.run_sampler(denoise, noise, sampler=sampler, steps=steps, eta=eta, generator=generator,
+                                callback=callback, disable=disable)
+
+    @torch.no_grad()
+    def run_sampler(
+        self,
+        denoise: Callable[[Tensor, Tensor], Tensor],
+        noise: Tensor,
+        *,
+        sampler: str = "ddpm",
+        steps: int = 50,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        callback: Callable[[dict], None] | None = None,
+        disable: bool = True,
+    ) -> Tensor:
+        """Run `sampler` over this schedule from x_1 = noise with a ready x0 denoiser (one from make_denoiser, or a
+        pair of noise-level experts, imagen_lit.diffusion.experts)."""
+        check_sampling_options(sampler, steps, eta=eta)
         kwargs = {"generator": generator, "callback": callback, "disable": disable}
         if sampler == "ddim":
             kwargs["eta"] = eta  # the only sampler with a noise knob
-        return sample_fn(denoise, noise, ts, self.schedule, **kwargs)
+        return get_sampler(sampler)(denoise, noise, time_grid(steps), self.schedule, **kwargs)

@@ -25,6 +25,16 @@ class LogSNRSchedule:
         sigma = torch.exp(0.5 * F.logsigmoid(-log_snr))
         return alpha, sigma
 
+    def t_at(self, log_snr: Tensor, iters: int = 60) -> Tensor:
+        """The t whose log-SNR is `log_snr` (clamped to [0, 1]), by bisection: every schedule is decreasing in t."""
+        target = torch.as_tensor(log_snr, dtype=torch.float32)
+        lo, hi = torch.zeros_like(target), torch.ones_like(target)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid).float() > target  # still cleaner than the target: go noisier
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
 
 class CosineSchedule(LogSNRSchedule):
     """Cosine schedule (Nichol & Dhariwal 2021) in continuous form: log_snr = -2 log tan(a t + b)."""

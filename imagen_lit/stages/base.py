@@ -227,12 +227,8 @@ class BaseStage(L.LightningModule):
         For subclasses: `size` (H, W) overrides the U-Net's image_size; `shared` holds network inputs given alike
         to the conditional and the null branch of guidance (the SR stage's low-res image, Imagen Sec. 2.4).
         """
-        self.checked_sampling(sampling)
-        settings = {k: v for k, v in {**self.sampling, **sampling}.items() if k in DEFAULT_SAMPLING}
-        averaged = self.average.current(self.ema)
-        # Under ZeRO-3 the EMA lives in per-rank shards: grids during training use the live weights; sample.py
-        # samples the EMA from the converted checkpoint (imagen_lit.zero_checkpoint).
-        net = averaged.module if use_ema and isinstance(averaged, EMA) else self.unet
+        settings = self.sampling_settings(sampling)
+        net = self.sampling_net(use_ema)
         height, width = size or (net.image_size, net.image_size)
         channels = getattr(net, "in_channels", 3)
         text_embeds = text_embeds.to(self.device)
@@ -240,16 +236,36 @@ class BaseStage(L.LightningModule):
         noise = torch.randn(
             (text_embeds.shape[0], channels, height, width), generator=generator, device=text_embeds.device
         )
-        null_cond = {"text_embeds": torch.zeros_like(text_embeds), "text_mask": torch.zeros_like(text_mask)}
+        denoise = self.denoiser(net, text_embeds, text_mask, settings, shared)
         with text_cache(net):  # the text side (projection, pooling, attention keys/values) once, not every step
-            return self.diffusion.sample(
-                self._net_fn(net),
-                noise,
-                cond={"text_embeds": text_embeds, "text_mask": text_mask},
-                null_cond=null_cond,
-                shared=shared,
-                generator=generator,
-                callback=callback,
-                disable=not progress,
-                **settings,
-            )
+            return self.diffusion.run_sampler(denoise, noise, generator=generator, callback=callback,
+                                              disable=not progress, **run_settings(settings))
+
+    def sampling_settings(self, sampling: dict[str, Any]) -> dict[str, Any]:
+        """The stored sampling settings with `sampling`'s over them (a ValueError for an unknown key)."""
+        self.checked_sampling(sampling)
+        return {k: v for k, v in {**self.sampling, **sampling}.items() if k in DEFAULT_SAMPLING}
+
+    def sampling_net(self, use_ema: bool = True) -> nn.Module:
+        """The network that samples: the EMA weights unless use_ema is False."""
+        averaged = self.average.current(self.ema)
+        # Under ZeRO-3 the EMA lives in per-rank shards: grids during training use the live weights; sample.py
+        # samples the EMA from the converted checkpoint (imagen_lit.zero_checkpoint).
+        return averaged.module if use_ema and isinstance(averaged, EMA) else self.unet
+
+    def denoiser(
+        self, net: nn.Module, text_embeds: Tensor, text_mask: Tensor, settings: dict[str, Any],
+        shared: dict[str, Tensor] | None = None,
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """x0_hat(x_t, t) of `net` for these captions: guided and thresholded as `settings` say (Sec. 2.2-2.3)."""
+        null_cond = {"text_embeds": torch.zeros_like(text_embeds), "text_mask": torch.zeros_like(text_mask)}
+        return self.diffusion.make_denoiser(
+            self._net_fn(net), {"text_embeds": text_embeds, "text_mask": text_mask}, null_cond,
+            settings["guidance_weight"], settings["thresholding"], settings["percentile"], shared,
+            settings["guidance_interval"],
+        )
+
+
+def run_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The sampler's own keys of a stage's sampling settings (the rest shape the denoiser)."""
+    return {k: settings[k] for k in ("sampler", "steps", "eta")}

@@ -121,3 +121,27 @@ def test_loss_by_noise_level_is_the_mean_per_quarter_of_t():
     t = torch.tensor([0.1, 0.2, 0.6, 0.99, 1.0])  # buckets 0, 0, 2, 3, 3 (t = 1 joins the last)
     out = loss_by_noise_level(losses, t)
     assert out[0] == 2.0 and out[1].isnan() and out[2] == 5.0 and out[3] == 8.0
+
+
+def test_an_expert_pair_samples_each_level_with_its_own_stage():
+    from imagen_lit.stages.experts import ExpertPair
+
+    a = make_stage().eval()
+    torch.manual_seed(1)
+    b = make_stage().eval()
+    for p in b.ema.module.parameters():  # a different network: the pair must say which one ran
+        p.data.add_(torch.randn_like(p) * 0.1)
+    text, mask = torch.randn(2, 3, 12), torch.ones(2, 3, dtype=torch.bool)
+
+    def run(stage):
+        return stage.generate(text, mask, generator=torch.Generator().manual_seed(0))
+
+    assert not torch.allclose(run(a), run(b), atol=1e-3)
+    torch.testing.assert_close(run(ExpertPair(a, b, switch_log_snr=-100.0)), run(a))  # a owns every level
+    torch.testing.assert_close(run(ExpertPair(a, b, switch_log_snr=100.0)), run(b), atol=1e-4, rtol=0)  # b does
+    mixed = run(ExpertPair(a, b, switch_log_snr=0.0))
+    assert not torch.allclose(mixed, run(a), atol=1e-3) and not torch.allclose(mixed, run(b), atol=1e-3)
+    pair = ExpertPair(a, b, high_noise_sampling={"guidance_weight": 7.0})
+    assert pair.sampling["high_noise"]["guidance_weight"] == 7.0 and pair.sampling["switch_log_snr"] == 0.0
+    with pytest.raises(ValueError, match="unknown sampling options"):
+        ExpertPair(a, b, high_noise_sampling={"guidance": 2.0})
