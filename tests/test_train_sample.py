@@ -246,6 +246,23 @@ def test_world_config_samples_at_its_measured_guidance_weight(tmp_path):
     assert compose_config("train", tmp_path, ["experiment=quickstart"]).stage.sampling.guidance_weight == 5.0
 
 
+def test_the_expert_configs_split_the_noise_range_at_snr_1(tmp_path):
+    """experts_high_mix trains on log-SNR < 0 and experts_low on >= 0, so the pair's default hand-over (0) gives each
+    level to the expert trained on it; the high-noise one keeps the relation phase's loss."""
+    from hydra.utils import instantiate
+
+    high = compose_config("train", tmp_path, ["experiment=experts_high_mix", "init_from=x.ckpt"])
+    low = compose_config("train", tmp_path, ["experiment=experts_low"])
+    high_diffusion, low_diffusion = instantiate(high.diffusion), instantiate(low.diffusion)
+    assert high_diffusion.log_snr_range == (None, 0.0) and low_diffusion.log_snr_range == (0.0, None)
+    assert high_diffusion.multiscale_weights == [1.0, 2.0, 4.0] and high.diffusion.schedule.shift == -1.386
+    assert low_diffusion.multiscale_weights == [1.0] and low.diffusion.schedule.shift == 0.0
+    assert dict(high.data.synthetic.kinds) == {"single": 0.05, "counting": 0.25, "binding": 0.1, "spatial": 0.6}
+    assert compose_config("train", tmp_path, ["experiment=experts_high"]).data.synthetic.kinds == {"spatial": 1.0}
+    assert high.unet.token_position_dim == low.unet.token_position_dim == 32
+    assert compose_config("sample", tmp_path, []).experts.switch_log_snr == 0.0
+
+
 def test_drawbench_grids_per_category(trained, tmp_path):
     out = sample(sample_cfg(tmp_path, trained / "checkpoints" / "last.ckpt", "drawbench=Rare Words",
                             "num_images=2", "steps=1"))
