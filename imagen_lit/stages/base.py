@@ -229,13 +229,9 @@ class BaseStage(L.LightningModule):
         """
         settings = self.sampling_settings(sampling)
         net = self.sampling_net(use_ema)
-        height, width = size or (net.image_size, net.image_size)
-        channels = getattr(net, "in_channels", 3)
         text_embeds = text_embeds.to(self.device)
         text_mask = text_mask.to(self.device)
-        noise = torch.randn(
-            (text_embeds.shape[0], channels, height, width), generator=generator, device=text_embeds.device
-        )
+        noise = start_noise(net, text_embeds.shape[0], size, generator, text_embeds.device)
         denoise = self.denoiser(net, text_embeds, text_mask, settings, shared)
         with text_cache(net):  # the text side (projection, pooling, attention keys/values) once, not every step
             return self.diffusion.run_sampler(denoise, noise, generator=generator, callback=callback,
@@ -264,6 +260,13 @@ class BaseStage(L.LightningModule):
             settings["guidance_weight"], settings["thresholding"], settings["percentile"], shared,
             settings["guidance_interval"],
         )
+
+
+def start_noise(net: nn.Module, batch: int, size: tuple[int, int] | None, generator: torch.Generator | None,
+                device: torch.device) -> Tensor:
+    """x_1 ~ N(0, I) [B, C, H, W]: the net's channels, its image_size unless `size` (H, W) is given."""
+    height, width = size or (net.image_size, net.image_size)
+    return torch.randn((batch, getattr(net, "in_channels", 3), height, width), generator=generator, device=device)
 
 
 def run_settings(settings: dict[str, Any]) -> dict[str, Any]:

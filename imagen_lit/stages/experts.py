@@ -18,7 +18,7 @@ from torch import Tensor
 
 from imagen_lit.diffusion.experts import switch_denoiser
 from imagen_lit.models.text_cache import text_cache
-from imagen_lit.stages.base import BaseStage, run_settings
+from imagen_lit.stages.base import BaseStage, run_settings, start_noise
 
 
 class ExpertPair:
@@ -81,9 +81,7 @@ class ExpertPair:
         settings = low.sampling_settings(sampling)
         low_net, high_net = low.sampling_net(use_ema), high.sampling_net(use_ema)
         text_embeds, text_mask = text_embeds.to(self.device), text_mask.to(self.device)
-        size = low_net.image_size
-        noise = torch.randn((text_embeds.shape[0], getattr(low_net, "in_channels", 3), size, size),
-                            generator=generator, device=text_embeds.device)
+        noise = start_noise(low_net, text_embeds.shape[0], None, generator, text_embeds.device)
         high_settings = high_noise_settings(high, sampling, self.high_noise_sampling)
         denoise = switch_denoiser(
             low.denoiser(low_net, text_embeds, text_mask, settings),
