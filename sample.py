@@ -210,6 +210,9 @@ def sample_cascade(cfg: DictConfig) -> Path:
 
 def sample_sr_checkpoint(cfg: DictConfig) -> Path:
     """ckpt_path of a super-resolution stage: it super-resolves lowres_image, as a one-stage cascade."""
+    if (cfg.get("experts") or {}).get("high_noise"):
+        raise ValueError(f"{cfg.ckpt_path} is a super-resolution stage; experts.high_noise pairs two base stages: "
+                         f"pass the low-noise base checkpoint as ckpt_path")
     if cfg.get("evaluate") or not cfg.get("lowres_image"):
         raise ValueError(f"{cfg.ckpt_path} is a super-resolution stage: pass lowres_image=<png> to super-resolve an "
                          f"image, or stages=[<base>.ckpt,{cfg.ckpt_path}] to sample (or evaluate) the cascade")
@@ -220,6 +223,9 @@ def sample_sr_checkpoint(cfg: DictConfig) -> Path:
 
 def sample(cfg: DictConfig) -> Path | dict[str, Any]:
     """Generate cfg.num_images per prompt and return the output folder; with evaluate=true, evaluate instead."""
+    if (cfg.get("experts") or {}).get("high_noise") and (cfg.get("cascade") or cfg.get("stages")):
+        raise ValueError("experts.high_noise pairs with one base checkpoint (ckpt_path=<low-noise expert>), not a "
+                         "cascade: sample the pair alone, or drop experts.high_noise")
     if cfg.get("cascade") or cfg.get("stages"):
         return sample_cascade(cfg)
     if cfg.get("ckpt_path") is None:

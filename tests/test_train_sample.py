@@ -153,6 +153,7 @@ def test_resume_automatically_from_the_run_folder(trained, shared_data_dir, capl
         (["guidance_weight=-1"], ValueError, "guidance_weight must be >= 0"),
         (["thresholding=soft"], ValueError, "thresholding"),
         (["guidance_interval=[0.8,0.2]"], ValueError, "guidance_interval must satisfy"),
+        (["experts.high_noise=x.ckpt", "stages=[a.ckpt,b.ckpt]"], ValueError, "experts.high_noise pairs with one"),
         ([], FileNotFoundError, "checkpoint not found"),
     ],
 )
