@@ -51,17 +51,9 @@ class ExpertPair:
         return {**self.low_noise.sampling, "switch_log_snr": self.switch_log_snr,
                 "high_noise": high_noise_settings(self.high_noise, {}, self.high_noise_sampling)}
 
-    def checked_sampling(self, sampling: dict[str, Any]) -> dict[str, Any]:
-        return self.low_noise.checked_sampling(sampling)
-
     def to(self, device: torch.device | str) -> ExpertPair:
         self.low_noise.to(device)
         self.high_noise.to(device)
-        return self
-
-    def eval(self) -> ExpertPair:
-        self.low_noise.eval()
-        self.high_noise.eval()
         return self
 
     @torch.no_grad()
