@@ -259,7 +259,9 @@ def test_the_expert_configs_split_the_noise_range_at_snr_1(tmp_path):
     assert high_diffusion.multiscale_weights == [1.0, 2.0, 4.0] and high.diffusion.schedule.shift == -1.386
     assert low_diffusion.multiscale_weights == [1.0] and low.diffusion.schedule.shift == 0.0
     assert dict(high.data.synthetic.kinds) == {"single": 0.05, "counting": 0.25, "binding": 0.1, "spatial": 0.6}
-    assert compose_config("train", tmp_path, ["experiment=experts_high"]).data.synthetic.kinds == {"spatial": 1.0}
+    relation_phase = compose_config("train", tmp_path, ["experiment=experts_high"])
+    assert relation_phase.data.synthetic.kinds == {"spatial": 1.0}
+    assert instantiate(relation_phase.diffusion).log_snr_range == (None, 0.0)
     assert high.unet.token_position_dim == low.unet.token_position_dim == 32
     assert compose_config("sample", tmp_path, []).experts.switch_log_snr == 0.0
 
