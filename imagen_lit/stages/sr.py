@@ -31,8 +31,9 @@ class SRStage(BaseStage):
 
     The same diffusion core, EMA, optimizer and logging as BaseStage; the network also gets the low-res image
     (upsampled and concatenated inside the U-Net) and its noise-augmentation level. With noise_aug the low-res
-    image is noised by q(z_s | x) at s ~ U(0, 1) in training and at the fixed sampling["aug_level"] when
-    sampling; without it (the ablation) the network always gets the clean image and aug_level = 0.
+    image is noised by q(z_s | x) at s ~ U(0, max_aug_level) in training (the paper: U(0, 1)) and at the fixed
+    sampling["aug_level"] when sampling; without it (the ablation) the network always gets the clean image and
+    aug_level = 0.
     fully_convolutional marks a stage trained on crops (Imagen's 256->1024 model, trained on 64->256 crops):
     generate then takes a low-res image of any size and returns it `scale` times larger.
     Other arguments are BaseStage's.
@@ -47,6 +48,7 @@ class SRStage(BaseStage):
         *,
         lowres_size: int | None,
         noise_aug: bool = True,
+        max_aug_level: float = 1.0,
         fully_convolutional: bool = False,
         sampling: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -58,12 +60,19 @@ class SRStage(BaseStage):
                 f"noise_aug=false trains on clean low-res images only (aug_level 0); sampling.aug_level must be 0, "
                 f"got {sampling['aug_level']}: set stage.sampling.aug_level=0"
             )
+        if not 0.0 < max_aug_level <= 1.0:
+            raise ValueError(f"max_aug_level must be in (0, 1] (training draws aug_level ~ U(0, max)), "
+                             f"got {max_aug_level}")
+        if sampling["aug_level"] > max_aug_level:
+            raise ValueError(f"sampling.aug_level {sampling['aug_level']} is above max_aug_level {max_aug_level}, a "
+                             f"level this stage never trains on: lower stage.sampling.aug_level or raise max_aug_level")
         if lowres_size is None or lowres_size < 1:
             raise ValueError(f"lowres_size must be the low-res image side in pixels (e.g. 64; conf/stage/sr.yaml takes "
                              f"data.lowres_resolution), got {lowres_size}")
         super().__init__(unet, diffusion, sampling=sampling, **kwargs)
         self.lowres_size = int(lowres_size)
         self.noise_aug = noise_aug
+        self.max_aug_level = float(max_aug_level)
         self.fully_convolutional = fully_convolutional
         self.scale: int | None = None  # image_size // lowres_size, set once the U-Net exists
         if self.unet is not None:
@@ -92,12 +101,12 @@ class SRStage(BaseStage):
     def augment(
         self, lowres: Tensor, aug_level: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """(noised low-res image, aug_level [B]); aug_level None draws U(0, 1) per sample (Imagen Sec. 2.4)."""
+        """(noised low-res image, aug_level [B]); aug_level None draws U(0, max_aug_level) per sample (Sec. 2.4)."""
         lowres = lowres.float()
         if not self.noise_aug:
             return lowres, lowres.new_zeros(lowres.shape[0])
         if aug_level is None:
-            aug_level = sample_aug_level(lowres.shape[0], generator=generator, device=lowres.device)
+            aug_level = sample_aug_level(lowres.shape[0], generator, lowres.device, self.max_aug_level)
         return noise_augment(lowres, aug_level, self.diffusion.schedule, generator=generator), aug_level
 
     def condition(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -162,6 +171,9 @@ class SRStage(BaseStage):
         if not self.noise_aug and aug_level != 0:
             raise ValueError(f"this stage was trained without noise augmentation; sample with aug_level=0, "
                              f"got {aug_level}")
+        if aug_level > self.max_aug_level:
+            raise ValueError(f"this stage trained on aug_level <= {self.max_aug_level}; sample with aug_level <= "
+                             f"{self.max_aug_level}, got {aug_level}")
         size = self.output_size(lowres)
         if lowres.shape[0] != text_embeds.shape[0]:
             raise ValueError(f"lowres has {lowres.shape[0]} images for {text_embeds.shape[0]} captions")

@@ -47,3 +47,9 @@ def test_training_levels_are_uniform():
     levels = sample_aug_level(50_000, generator=torch.Generator().manual_seed(0))
     assert levels.shape == (50_000,) and 0 <= levels.min() and levels.max() < 1
     assert abs(levels.mean().item() - 0.5) < 0.01 and abs(levels.var().item() - 1 / 12) < 0.002
+
+
+def test_training_levels_below_a_maximum_are_uniform_over_it():
+    levels = sample_aug_level(50_000, generator=torch.Generator().manual_seed(0), max_aug_level=0.3)
+    assert 0 <= levels.min() and levels.max() < 0.3
+    assert abs(levels.mean().item() - 0.15) < 0.003 and abs(levels.var().item() - 0.09 / 12) < 0.0005

@@ -53,6 +53,28 @@ def test_training_lowres_is_noised_at_the_sampled_level():
     torch.testing.assert_close(cond["lowres"], stage.diffusion.q_sample(batch["lowres"], level, noise))
 
 
+def test_max_aug_level_bounds_the_training_levels_and_sampling():
+    """stage.max_aug_level=m: training draws aug_level ~ U(0, m) (the same draw as U(0, 1), scaled); sampling above
+    m, a level it never trained on, is a one-line error at construction and at generate."""
+    stage, batch = make_stage(), make_batch()
+    stage.max_aug_level = 0.25
+    torch.manual_seed(0)
+    cond = stage.condition(batch)
+    torch.manual_seed(0)
+    torch.testing.assert_close(cond["aug_level"], torch.rand(4) * 0.25)
+    diffusion = GaussianDiffusion(CosineSchedule())
+    with pytest.raises(ValueError, match="above max_aug_level 0.2, a level this stage never trains on"):
+        SRStage(tiny_unet(), diffusion, lowres_size=8, max_aug_level=0.2, optimizer=torch.optim.AdamW,
+                sampling={"aug_level": 0.3})
+    with pytest.raises(ValueError, match=r"max_aug_level must be in \(0, 1\]"):
+        SRStage(tiny_unet(), diffusion, lowres_size=8, max_aug_level=0.0, optimizer=torch.optim.AdamW)
+    bounded = SRStage(tiny_unet(), diffusion, lowres_size=8, max_aug_level=0.3, optimizer=torch.optim.AdamW,
+                      sampling={"steps": 2, "aug_level": 0.1})
+    b = make_batch(2)
+    with pytest.raises(ValueError, match="trained on aug_level <= 0.3; sample with aug_level <= 0.3, got 0.5"):
+        bounded.generate(b["text_embeds"], b["text_mask"], b["lowres"], aug_level=0.5)
+
+
 def test_training_step_feeds_the_network_what_condition_made():
     stage, batch = make_stage(), make_batch()
     made = []
