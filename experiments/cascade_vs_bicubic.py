@@ -1,7 +1,7 @@
 """The SR stage judged where it is used: on the base stage's own samples of held-out scenes, the cascade's output
 against bicubic upsampling of the same base samples, on compositional accuracy and domain FID at the SR size.
 
-    python experiments/cascade_vs_bicubic.py outputs/quickstart/<date>/cascade --num-scenes 200 --aug-levels 0.0 0.3
+    python experiments/cascade_vs_bicubic.py outputs/quickstart/<date>/cascade --num-scenes 200 --aug-levels 0.0 0.1
 
 Every row shares the base samples (same scenes, seeds and settings); bicubic and each aug_level differ only in how
 the 32x32 samples become 64x64. Intervals are Wilson's 95% over scenes. FID needs >= 2 images; KID is left out.
@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("cascade", help="an exported cascade folder (base -> one SR stage)")
     parser.add_argument("--num-scenes", type=int, default=200)
     parser.add_argument("--scene-seed", type=int, default=2000)
-    parser.add_argument("--aug-levels", type=float, nargs="*", default=[0.3], help="none: base and bicubic only")
+    parser.add_argument("--aug-levels", type=float, nargs="*",
+                        help="default: the SR stage's stored level; none given: base and bicubic only")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--base-samples", type=Path, help="cache file of the base samples, reused when still valid")
@@ -126,7 +127,8 @@ def main() -> None:
     upsampled = F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
     rows.append(row(f"bicubic({base_name})", upsampled, scenes, fid64))
     grid = [upsampled[:8]]
-    for level in args.aug_levels:
+    levels = [cascade.stages[1].sampling["aug_level"]] if args.aug_levels is None else args.aug_levels
+    for level in levels:
         sr = sample_stage(cascade, captions, args.batch_size, start_at=sr_name, lowres=base,
                           overrides={sr_name: {**overrides.get(sr_name, {}), "aug_level": level}})
         rows.append(row(f"cascade {sr_name}, aug_level {level}", sr, scenes, fid64))

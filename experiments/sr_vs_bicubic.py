@@ -1,7 +1,7 @@
 """A super-resolution stage against bicubic upsampling on held-out synthetic scenes: PSNR and edge sharpness.
 
     python experiments/sr_vs_bicubic.py outputs/quickstart_sr64/runs/<run>/checkpoints/last.ckpt --num-scenes 64
-    python experiments/sr_vs_bicubic.py <ckpt> --num-scenes 64 --aug-levels 0.3 0.0 --save-grid sr.png
+    python experiments/sr_vs_bicubic.py <ckpt> --num-scenes 64 --aug-levels 0.1 0.0 --save-grid sr.png
 
 Each scene is rendered at the stage's image_size; its low-res input is the antialiased downsample the training data
 used (imagen_lit.data.lowres.downsample). Scenes come from indices >= HELD_OUT, which no training set reaches.
@@ -75,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
     overrides = {k: v for k, v in {"steps": args.steps, "guidance_weight": args.guidance_weight,
                                    "sampler": args.sampler}.items() if v is not None}
     grid = [upsampled[: args.grid_images]]
-    for level in args.aug_levels:
+    for level in [stage.sampling["aug_level"]] if args.aug_levels is None else args.aug_levels:
         outs = []
         for start in range(0, args.num_scenes, args.batch_size):
             embeds, mask = text_encoder.encode(captions[start : start + args.batch_size])
@@ -96,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="an SR stage checkpoint written by train.py")
     parser.add_argument("--num-scenes", type=int, default=64)
-    parser.add_argument("--aug-levels", type=float, nargs="+", default=[0.3], help="sampling aug_level(s)")
+    parser.add_argument("--aug-levels", type=float, nargs="+", help="sampling aug_level(s); default: the stage's own")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance-weight", type=float, default=None)
     parser.add_argument("--sampler", default=None)

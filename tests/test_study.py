@@ -140,14 +140,14 @@ def test_a_cascade_study_scores_sr_stages_on_the_base_samples(tmp_path, shared_d
     spec = {"base": [*TINY, data, "callbacks.sample_grid.every_n_steps=1000"], "evaluator": "cascade",
             "evaluate": ["num_scenes=4", "batch_size=4"],
             "configs": {"on_0.0": {"train": sr, "evaluate": ["aug_level=0.0"], "group": "on"},
-                        "on_0.3": {"train": sr, "evaluate": ["aug_level=0.3"], "group": "on"},
+                        "on_0.1": {"train": sr, "evaluate": ["aug_level=0.1"], "group": "on"},
                         "bicubic": {"train": sr, "evaluate": ["aug_level=bicubic"], "group": "bicubic"}},
             "plot": {"x": "fidelity/domain_fid", "group": "group"}}
     code, rows, out, runs = run_spec(tmp_path, spec, "cascade")
     assert code == 0
-    assert set(rows) == {"on_0.0_s0", "on_0.3_s0", "bicubic_s0"}
+    assert set(rows) == {"on_0.0_s0", "on_0.1_s0", "bicubic_s0"}
     assert sorted(p.name for p in (runs / "runs").iterdir()) == ["base_s0", "on_0.0_s0"]
-    assert rows["bicubic_s0"]["method"].startswith("bicubic(") and rows["on_0.3_s0"]["aug_level"] == "0.3"
+    assert rows["bicubic_s0"]["method"].startswith("bicubic(") and rows["on_0.1_s0"]["aug_level"] == "0.1"
     for row in rows.values():
         assert int(row["size"]) == 32 and float(row["fidelity/domain_fid"]) >= 0
         assert 0 <= float(row["alignment/overall_lo"]) <= float(row["alignment/overall"]) <= 1
