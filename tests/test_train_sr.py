@@ -44,8 +44,8 @@ SR_TINY = [
 ]
 
 
-def _score(ckpt: Path) -> list[dict]:
-    args = argparse.Namespace(ckpt=ckpt, num_scenes=3, aug_levels=[0.1, 0.0], steps=2, guidance_weight=None,
+def _score(ckpt: Path, aug_levels: list[float] | None = (0.1, 0.0)) -> list[dict]:
+    args = argparse.Namespace(ckpt=ckpt, num_scenes=3, aug_levels=aug_levels, steps=2, guidance_weight=None,
                               sampler=None, batch_size=2, seed=0, save_grid=None, grid_images=2,
                               device="cpu")
     return evaluate(args)
@@ -76,6 +76,8 @@ def test_train_sr_stage_then_score(tmp_path, shared_data_dir, experiment, overri
     rows = _score(run / "checkpoints" / "last.ckpt")  # whole held-out images, also for the crop-trained stage
     assert [(r["method"], r["aug_level"]) for r in rows] == [("bicubic", None), ("sr", 0.1), ("sr", 0.0)]
     assert all(math.isfinite(r["psnr"]) and r["sharpness"] > 0 for r in rows)
+    # no --aug-levels: the stage's stored level (a bounded stage refuses levels above its max)
+    assert [r["aug_level"] for r in _score(run / "checkpoints" / "last.ckpt", None)] == [None, aug_level]
 
 
 def test_metrics_on_known_values():
