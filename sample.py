@@ -64,11 +64,16 @@ def sampling_overrides(cfg: DictConfig) -> dict[str, Any]:
             for k in DEFAULT_SAMPLING if (v := cfg.get(k)) is not None}
 
 
+def high_noise_expert(cfg: DictConfig) -> str | None:
+    """experts.high_noise: the checkpoint sampling the noisy levels (eDiff-I), or None for one base stage."""
+    return (cfg.get("experts") or {}).get("high_noise")
+
+
 def load_sampled_base(cfg: DictConfig) -> tuple[Any, Any, DictConfig]:
     """The base stage of ckpt_path, or with experts.high_noise the pair of noise-level experts (eDiff-I)."""
     experts = cfg.get("experts") or {}
     own = experts.get("high_noise_sampling") or {}
-    return load_base(cfg.ckpt_path, experts.get("high_noise"), float(experts.get("switch_log_snr", 0.0)),
+    return load_base(cfg.ckpt_path, high_noise_expert(cfg), float(experts.get("switch_log_snr", 0.0)),
                      OmegaConf.to_container(own) if OmegaConf.is_config(own) else dict(own))
 
 
@@ -106,7 +111,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     save_png(grid, out_dir / "grid.png")
     hparams = {"guidance_weight": float(settings["guidance_weight"]), "thresholding": settings["thresholding"],
                "sampler": settings["sampler"], "steps": int(settings["steps"])}
-    if (cfg.get("experts") or {}).get("high_noise"):
+    if high_noise_expert(cfg):
         hparams.update(high_noise_expert=str(cfg.experts.high_noise), switch_log_snr=float(cfg.experts.switch_log_snr))
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:  # HPARAMS tab: the sweep's jobs side by side
         writer.add_hparams(hparams, {k: v for k, v in metrics.items() if isinstance(v, float)}, run_name=".")
@@ -210,7 +215,7 @@ def sample_cascade(cfg: DictConfig) -> Path:
 
 def sample_sr_checkpoint(cfg: DictConfig) -> Path:
     """ckpt_path of a super-resolution stage: it super-resolves lowres_image, as a one-stage cascade."""
-    if (cfg.get("experts") or {}).get("high_noise"):
+    if high_noise_expert(cfg):
         raise ValueError(f"{cfg.ckpt_path} is a super-resolution stage; experts.high_noise pairs two base stages: "
                          f"pass the low-noise base checkpoint as ckpt_path")
     if cfg.get("evaluate") or not cfg.get("lowres_image"):
@@ -223,7 +228,7 @@ def sample_sr_checkpoint(cfg: DictConfig) -> Path:
 
 def sample(cfg: DictConfig) -> Path | dict[str, Any]:
     """Generate cfg.num_images per prompt and return the output folder; with evaluate=true, evaluate instead."""
-    if (cfg.get("experts") or {}).get("high_noise") and (cfg.get("cascade") or cfg.get("stages")):
+    if high_noise_expert(cfg) and (cfg.get("cascade") or cfg.get("stages")):
         raise ValueError("experts.high_noise pairs with one base checkpoint (ckpt_path=<low-noise expert>), not a "
                          "cascade: sample the pair alone, or drop experts.high_noise")
     if cfg.get("cascade") or cfg.get("stages"):

@@ -3,8 +3,8 @@
 The low-res conditioning image is corrupted by the diffusion forward process itself, z = alpha(s) x + sigma(s) eps
 at t = s = aug_level, and s is given to the network. Training draws s ~ U(0, 1) per sample (or U(0, max_aug_level),
 so the stage keeps relying on its input; not in the paper); sampling uses one fixed s (0.3 by default, Imagen
-Fig. A.12). The image is noised at its own (low) resolution, before the U-Net
-upsamples it, so the noise hides exactly the scale at which the previous stage's artefacts live.
+Fig. A.12). The image is noised at its own (low) resolution, before the U-Net upsamples it, so the noise hides
+exactly the scale at which the previous stage's artefacts live.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ def sample_aug_level(
 ) -> Tensor:
     """aug_level ~ U(0, max_aug_level) per sample, the training distribution (Imagen Sec. 2.4: U(0, 1))."""
     gen_device = device if generator is None else generator.device
-    u = torch.rand(batch, generator=generator, device=gen_device).to(device)
-    return u if max_aug_level == 1.0 else u * max_aug_level
+    return torch.rand(batch, generator=generator, device=gen_device).to(device) * max_aug_level  # x 1.0 is exact
 
 
 def noise_augment(
