@@ -58,8 +58,11 @@ def test_every_configuration_has_its_row(study, tmp_path):
     if spec.get("evaluator") == "cascade":  # an SR stage trained without augmentation samples at aug_level 0 only
         for job in jobs:
             level = dict(o.split("=", 1) for o in job.evaluate).get("aug_level", "0.0")
-            if not compose_config("train", tmp_path / "run", job.train).stage.get("noise_aug", True):
+            stage = compose_config("train", tmp_path / "run", job.train).stage
+            if not stage.get("noise_aug", True):
                 assert level in ("0", "0.0", "bicubic"), f"{job.name}: trained without noise_aug, sampled at {level}"
+            elif level != "bicubic":  # a stage trained on U(0, max) is never sampled above max (an error at generate)
+                assert float(level) <= stage.max_aug_level, f"{job.name}: sampled at {level} > {stage.max_aug_level}"
     runner = Runner(tmp_path / "runs")
     rows = [runner.row(j) for j in jobs]
     assert all(r["status"] == "missing" for r in rows)  # nothing run yet: reported, not dropped
@@ -72,6 +75,7 @@ def test_runs_shared_by_a_sampling_sweep_are_one_run():
     assert len(jobs) == 39 and len({j.run for j in jobs}) == 1
     assert len({j.run for j in plan(load_spec("encoder_scale"))}) == 5
     assert len({j.run for j in plan(load_spec("noise_augmentation"))}) == 2  # SR with and without augmentation
+    assert len({j.run for j in plan(load_spec("noise_augmentation_world"))}) == 3  # U(0, 1), U(0, 0.1) and none
 
 
 def test_unknown_study_is_a_one_line_error(capsys):
