@@ -249,3 +249,16 @@ def test_cascade_vs_bicubic_settings_override_one_stage_and_key_the_cache(export
         cvb.parse_settings(["sr64.steps=3"], cascade)
     with pytest.raises(ValueError, match="unknown sampling options"):
         cvb.parse_settings(["base16.guidance=3"], cascade)
+
+
+def test_cascade_vs_bicubic_truth_rows_are_the_scenes_own_renders():
+    """--truth: each scene's render at the SR size and bicubic of its base-size render, both scored right."""
+    import experiments.cascade_vs_bicubic as cvb
+    from imagen_lit.eval.guidance import evaluate_images, heldout_scenes
+
+    scenes = heldout_scenes(6, 2000)
+    real, bicubic = cvb.truth_images(scenes, 64, 32)
+    assert real.shape == bicubic.shape == (6, 3, 64, 64) and -1 <= float(bicubic.min()) <= float(bicubic.max()) <= 1
+    assert not torch.equal(real, bicubic) and (real - bicubic).abs().mean() < 0.05  # blurred edges, same picture
+    for images in (real, bicubic):
+        assert evaluate_images(images, scenes)["alignment/overall"] == 1.0
