@@ -8,6 +8,7 @@ the 32x32 samples become 64x64. Intervals are Wilson's 95% over scenes. FID need
 --base-samples FILE keeps the base samples between calls (one aug_level per call, as the study driver makes them);
 they are reused only while the base stage's weights, sampling settings, captions and batch size are the same.
 --set STAGE.KEY=VALUE replaces one stored sampling setting of a stage, e.g. --set base16.guidance_weight=1.5.
+Each cascade row's FID minus bicubic's comes with a 95% paired-bootstrap interval over scenes (--fid-resamples).
 --truth adds the scenes' own renders at the SR size and bicubic upsampling of their renders at the base size: the
 FID floor at this number of scenes, and how much FID perfect sharpening alone could buy over bicubic.
 """
@@ -32,7 +33,7 @@ from imagen_lit.cascade import Cascade  # noqa: E402
 from imagen_lit.data.render import render_scene  # noqa: E402
 from imagen_lit.eval.fid import build_fid_evaluator  # noqa: E402
 from imagen_lit.eval.guidance import evaluate_images, heldout_scenes  # noqa: E402
-from imagen_lit.eval.stats import wilson_interval  # noqa: E402
+from imagen_lit.eval.stats import paired_fid_difference, wilson_interval  # noqa: E402
 from imagen_lit.images import make_grid, save_png  # noqa: E402
 
 CATEGORIES = ("colour", "counting", "position", "binding", "overall")
@@ -122,6 +123,8 @@ def main() -> None:
     parser.add_argument("--save-grid", type=Path, help="rows of: bicubic | cascade per aug_level")
     parser.add_argument("--set", nargs="*", default=[], metavar="STAGE.KEY=VALUE",
                         help="replace a stored sampling setting, e.g. base16.guidance_weight=1.5")
+    parser.add_argument("--fid-resamples", type=int, default=200,
+                        help="bootstrap resamples of each row's FID minus bicubic's (0: no interval)")
     parser.add_argument("--truth", action="store_true",
                         help="add rows for the scenes' renders at the SR size and bicubic of their base-size renders")
     args = parser.parse_args()
@@ -141,23 +144,36 @@ def main() -> None:
     rows = [row(f"{base_name} (base samples)", base, scenes, None)]
     upsampled = F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
     rows.append(row(f"bicubic({base_name})", upsampled, scenes, fid64))
+    bicubic_features = fid64.features(upsampled)
+
+    def versus_bicubic(r: dict, images: torch.Tensor) -> dict:
+        """The row with its FID minus bicubic's and that difference's paired-bootstrap 95% interval."""
+        if args.fid_resamples > 0:
+            diff = paired_fid_difference(fid64.features(images), bicubic_features, fid64.reference_features(),
+                                         args.fid_resamples)
+            r.update(zip(("fid_minus_bicubic", "fid_minus_bicubic_lo", "fid_minus_bicubic_hi"), diff, strict=True))
+        return r
     if args.truth:
         real, real_bicubic = truth_images(scenes, size, base.shape[-1])
-        rows.append(row(f"truth (renders at {size})", real, scenes, fid64))
-        rows.append(row(f"bicubic(renders at {base.shape[-1]})", real_bicubic, scenes, fid64))
+        rows.append(versus_bicubic(row(f"truth (renders at {size})", real, scenes, fid64), real))
+        rows.append(versus_bicubic(row(f"bicubic(renders at {base.shape[-1]})", real_bicubic, scenes, fid64),
+                                   real_bicubic))
     grid = [upsampled[:8]]
     levels = [cascade.stages[1].sampling["aug_level"]] if args.aug_levels is None else args.aug_levels
     for level in levels:
         sr = sample_stage(cascade, captions, args.batch_size, start_at=sr_name, lowres=base,
                           overrides={sr_name: {**overrides.get(sr_name, {}), "aug_level": level}})
-        rows.append(row(f"cascade {sr_name}, aug_level {level}", sr, scenes, fid64))
+        rows.append(versus_bicubic(row(f"cascade {sr_name}, aug_level {level}", sr, scenes, fid64), sr))
         grid.append(sr[:8])
     print(f"{args.num_scenes} held-out scenes (world seed {args.scene_seed}); overall with Wilson 95% interval")
-    print(f"{'method':<36} {'size':>4} " + " ".join(f"{c:>8}" for c in CATEGORIES) + f" {'interval':>14} {'FID':>7}")
+    print(f"{'method':<36} {'size':>4} " + " ".join(f"{c:>8}" for c in CATEGORIES) + f" {'interval':>14} {'FID':>7}"
+          + "  FID - bicubic's [95%]")
     for r in rows:
         fid = f"{r['domain_fid']:7.2f}" if "domain_fid" in r else f"{'-':>7}"
+        diff = (f"  {r['fid_minus_bicubic']:+.2f} [{r['fid_minus_bicubic_lo']:+.2f}, {r['fid_minus_bicubic_hi']:+.2f}]"
+                if "fid_minus_bicubic" in r else "")
         print(f"{r['method']:<36} {r['size']:>4} " + " ".join(f"{r.get(c, float('nan')):8.3f}" for c in CATEGORIES)
-              + f" [{r['overall_lo']:.3f}, {r['overall_hi']:.3f}] {fid}")
+              + f" [{r['overall_lo']:.3f}, {r['overall_hi']:.3f}] {fid}{diff}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     if args.save_grid:

@@ -218,7 +218,8 @@ class Runner:
         if self.dry_run:
             return True
         method = json.loads((out / "rows.json").read_text())[1 if level == "bicubic" else 2]
-        metrics = {("fidelity/" if k.startswith("domain_") else "alignment/") + k: v for k, v in method.items()
+        fidelity = ("domain_", "fid_")  # domain FID/KID, and FID minus bicubic's with its interval
+        metrics = {("fidelity/" if k.startswith(fidelity) else "alignment/") + k: v for k, v in method.items()
                    if k not in ("method", "size", "overall_lo", "overall_hi")}
         metrics.update(method=method["method"], size=method["size"], aug_level=level)
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))

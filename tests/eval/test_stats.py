@@ -1,9 +1,16 @@
 """Wilson intervals (hand-computed values), chance levels (a caption-ignoring image is near 0), the table rows."""
 
 import pytest
+import torch
 
 from imagen_lit.eval.guidance import heldout_scenes
-from imagen_lit.eval.stats import chance_levels, wilson_interval, with_intervals
+from imagen_lit.eval.stats import (
+    chance_levels,
+    frechet_distance,
+    paired_fid_difference,
+    wilson_interval,
+    with_intervals,
+)
 
 
 def test_wilson_interval_matches_hand_computed_values():
@@ -29,3 +36,28 @@ def test_with_intervals_reads_score_batch_keys():
     rows = with_intervals(metrics, chance={"colour": 0.02})
     assert rows["colour"]["n"] == 10 and rows["colour"]["chance"] == 0.02
     assert rows["overall"]["lo"] < 0.25 < rows["overall"]["hi"] and "counting" not in rows
+
+
+def test_frechet_distance_matches_torchmetrics_and_the_closed_form():
+    """Our FID equals torchmetrics' on the same features, and |mu1 - mu2|^2 for two sets differing by a shift."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from imagen_lit.eval.fid import _Passthrough
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 8, generator=g).double(), torch.randn(400, 8, generator=g).double() * 1.5 + 0.3
+    metric = FrechetInceptionDistance(feature=_Passthrough(8), reset_real_features=False)
+    metric.update(b, real=True)
+    metric.update(a, real=False)
+    assert frechet_distance(a, b) == pytest.approx(float(metric.compute()), rel=1e-4)
+    assert frechet_distance(a + 2.0, a) == pytest.approx(8 * 4.0, rel=1e-6)
+
+
+def test_paired_fid_difference_is_zero_for_the_same_set_and_positive_for_a_worse_one():
+    g = torch.Generator().manual_seed(1)
+    reference, baseline = torch.randn(500, 6, generator=g), torch.randn(120, 6, generator=g)
+    assert paired_fid_difference(baseline, baseline, reference, 50) == (0.0, 0.0, 0.0)
+    diff, lo, hi = paired_fid_difference(baseline + 0.5, baseline, reference, 100)
+    assert 0 < lo < diff < hi
+    with pytest.raises(ValueError, match="one row per scene in both"):
+        paired_fid_difference(baseline[:10], baseline, reference)
