@@ -135,6 +135,10 @@ class BaseStage(L.LightningModule):
         """Network inputs besides x_t, t and the text, for training; the SR stage adds its low-res image."""
         return {}
 
+    def diffusion_target(self, images: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """What the diffusion models: the images themselves; the SR stage may model their residual instead."""
+        return images
+
     def drop_text(self, text_embeds: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Replace the caption by the null condition with probability cond_drop_prob (Imagen Sec. 2.2)."""
         keep = torch.rand(text_embeds.shape[0], device=text_embeds.device) >= self.cond_drop_prob  # (B,)
@@ -154,8 +158,10 @@ class BaseStage(L.LightningModule):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         text_embeds, text_mask = self.drop_text(batch["text_embeds"].float(), batch["text_mask"])
+        cond = self.condition(batch)
         losses, t = self.diffusion.training_loss(
-            self._net_fn(self.unet), images, text_embeds=text_embeds, text_mask=text_mask, **self.condition(batch)
+            self._net_fn(self.unet), self.diffusion_target(images, cond), text_embeds=text_embeds,
+            text_mask=text_mask, **cond
         )
         loss = losses.mean()
         self.skipped_samples += int(batch.get("n_skipped", 0))

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from imagen_lit.diffusion import GaussianDiffusion, check_aug_level, noise_augment, sample_aug_level
+from imagen_lit.models.inputs import upsample_lowres
 from imagen_lit.models.layers import TextAttention
 from imagen_lit.stages.base import DEFAULT_SAMPLING, BaseStage
 
@@ -34,6 +35,9 @@ class SRStage(BaseStage):
     image is noised by q(z_s | x) at s ~ U(0, max_aug_level) in training (the paper: U(0, 1)) and at the fixed
     sampling["aug_level"] when sampling; without it (the ablation) the network always gets the clean image and
     aug_level = 0.
+    residual: the diffusion models (x - bicubic(low-res input)) * residual_scale, the detail that bicubic upsampling of
+    the (noise-augmented) low-res image misses, and sampling adds that upsampling back (not in the paper; SR3-style
+    stages model x itself). An untrained residual stage already returns bicubic upsampling.
     fully_convolutional marks a stage trained on crops (Imagen's 256->1024 model, trained on 64->256 crops):
     generate then takes a low-res image of any size and returns it `scale` times larger.
     Other arguments are BaseStage's.
@@ -49,6 +53,8 @@ class SRStage(BaseStage):
         lowres_size: int | None,
         noise_aug: bool = True,
         max_aug_level: float = 1.0,
+        residual: bool = False,
+        residual_scale: float = 1.0,
         fully_convolutional: bool = False,
         sampling: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -66,6 +72,8 @@ class SRStage(BaseStage):
         if sampling["aug_level"] > max_aug_level:
             raise ValueError(f"sampling.aug_level {sampling['aug_level']} is above max_aug_level {max_aug_level}, a "
                              f"level this stage never trains on: lower stage.sampling.aug_level or raise max_aug_level")
+        if not residual_scale > 0:
+            raise ValueError(f"residual_scale must be > 0 (the residual is multiplied by it), got {residual_scale}")
         if lowres_size is None or lowres_size < 1:
             raise ValueError(f"lowres_size must be the low-res image side in pixels (e.g. 64; conf/stage/sr.yaml takes "
                              f"data.lowres_resolution), got {lowres_size}")
@@ -73,6 +81,8 @@ class SRStage(BaseStage):
         self.lowres_size = int(lowres_size)
         self.noise_aug = noise_aug
         self.max_aug_level = float(max_aug_level)
+        self.residual = residual
+        self.residual_scale = float(residual_scale)
         self.fully_convolutional = fully_convolutional
         self.scale: int | None = None  # image_size // lowres_size, set once the U-Net exists
         if self.unet is not None:
@@ -122,6 +132,12 @@ class SRStage(BaseStage):
             )
         lowres, aug_level = self.augment(lowres)
         return {"lowres": lowres, "aug_level": aug_level}
+
+    def diffusion_target(self, images: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """x itself, or with residual (x - bicubic(noised low-res)) * residual_scale."""
+        if not self.residual:
+            return images
+        return (images - upsample_lowres(cond["lowres"], images.shape[-2:]).to(images.dtype)) * self.residual_scale
 
     def flops_inputs(self, meta: dict[str, Tensor], t: Tensor) -> dict[str, Tensor]:
         """The low-res image and its aug_level, for imagen_lit.stages.flops.count_flops."""
@@ -180,7 +196,10 @@ class SRStage(BaseStage):
         lowres = lowres.to(self.device)
         level = torch.full((lowres.shape[0],), aug_level, device=self.device)
         lowres, level = self.augment(lowres, level, generator=generator)
-        return super().generate(
+        images = super().generate(
             text_embeds, text_mask, generator=generator, use_ema=use_ema, progress=progress, callback=callback,
             size=size, shared={"lowres": lowres, "aug_level": level}, **sampling,
         )
+        if not self.residual:
+            return images
+        return (images / self.residual_scale + upsample_lowres(lowres, size)).clamp(-1.0, 1.0)

@@ -75,6 +75,37 @@ def test_max_aug_level_bounds_the_training_levels_and_sampling():
         bounded.generate(b["text_embeds"], b["text_mask"], b["lowres"], aug_level=0.5)
 
 
+def test_a_residual_stage_models_what_bicubic_misses_and_adds_it_back(monkeypatch):
+    """residual=true: the training target is (x - bicubic(noised low-res)) * residual_scale, and sampling returns
+    the sampled residual / residual_scale plus that upsampling; a residual of zero gives bicubic exactly."""
+    diffusion = GaussianDiffusion(CosineSchedule())
+    stage = SRStage(tiny_unet(), diffusion, lowres_size=8, residual=True, residual_scale=4.0,
+                    optimizer=torch.optim.AdamW, sampling={"steps": 2, "aug_level": 0.2})
+    batch = make_batch()
+    torch.manual_seed(0)
+    cond = stage.condition(batch)
+    up = torch.nn.functional.interpolate(cond["lowres"], size=(16, 16), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(stage.diffusion_target(batch["images"], cond), (batch["images"] - up) * 4.0)
+    seen = []
+    monkeypatch.setattr(diffusion, "training_loss",
+                        lambda fn, x, **kw: seen.append((x, kw["lowres"])) or (x.new_zeros(4), x[:, 0, 0, 0]))
+    stage.training_step(batch, 0)
+    target, lowres = seen[0]
+    up = torch.nn.functional.interpolate(lowres, size=(16, 16), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(target, (batch["images"] - up) * 4.0)  # the loss sees the residual of its own input
+    residual = torch.full((2, 3, 16, 16), 0.4)
+    monkeypatch.setattr("imagen_lit.stages.base.BaseStage.generate", lambda self, *a, **k: residual)
+    b = make_batch(2)
+    lowres_in = []
+    real_augment = stage.augment
+    monkeypatch.setattr(stage, "augment", lambda *a, **k: lowres_in.append(real_augment(*a, **k)) or lowres_in[-1])
+    out = stage.generate(b["text_embeds"], b["text_mask"], b["lowres"])
+    up = torch.nn.functional.interpolate(lowres_in[0][0], size=(16, 16), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(out, (0.1 + up).clamp(-1, 1))
+    with pytest.raises(ValueError, match="residual_scale must be > 0"):
+        SRStage(tiny_unet(), diffusion, lowres_size=8, residual=True, residual_scale=0.0, optimizer=torch.optim.AdamW)
+
+
 def test_training_step_feeds_the_network_what_condition_made():
     stage, batch = make_stage(), make_batch()
     made = []
