@@ -21,7 +21,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -30,7 +29,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imagen_lit.cascade import Cascade  # noqa: E402
-from imagen_lit.data.render import render_scene  # noqa: E402
+from imagen_lit.eval.features import render_scenes  # noqa: E402
 from imagen_lit.eval.fid import build_fid_evaluator  # noqa: E402
 from imagen_lit.eval.guidance import evaluate_images, heldout_scenes  # noqa: E402
 from imagen_lit.eval.stats import paired_fid_difference, wilson_interval  # noqa: E402
@@ -79,11 +78,11 @@ def base_samples(cascade: Cascade, captions: list[str], batch_size: int, cache: 
     return images
 
 
-def truth_images(scenes: list, size: int, base_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scenes rendered at the SR size, and their renders at the base size upsampled bicubically, in [-1, 1]."""
+def truth_images(scene_seed: int, num_scenes: int, size: int, base_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out scenes (heldout_scenes' first num_scenes) rendered at the SR size, and their renders at the base
+    size upsampled bicubically, in [-1, 1]."""
     def render(resolution: int) -> torch.Tensor:
-        pixels = torch.stack([torch.from_numpy(np.array(render_scene(s, resolution))) for s in scenes])  # (N, R, R, 3)
-        return pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, R, R)
+        return render_scenes(scene_seed, 0, num_scenes, resolution).float() / 127.5 - 1.0  # (N, 3, R, R)
     low = F.interpolate(render(base_size), size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
     return render(size), low
 
@@ -154,7 +153,7 @@ def main() -> None:
             r.update(zip(("fid_minus_bicubic", "fid_minus_bicubic_lo", "fid_minus_bicubic_hi"), diff, strict=True))
         return r
     if args.truth:
-        real, real_bicubic = truth_images(scenes, size, base.shape[-1])
+        real, real_bicubic = truth_images(args.scene_seed, args.num_scenes, size, base.shape[-1])
         rows.append(versus_bicubic(row(f"truth (renders at {size})", real, scenes, fid64), real))
         rows.append(versus_bicubic(row(f"bicubic(renders at {base.shape[-1]})", real_bicubic, scenes, fid64),
                                    real_bicubic))

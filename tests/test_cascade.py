@@ -257,7 +257,7 @@ def test_cascade_vs_bicubic_truth_rows_are_the_scenes_own_renders():
     from imagen_lit.eval.guidance import evaluate_images, heldout_scenes
 
     scenes = heldout_scenes(6, 2000)
-    real, bicubic = cvb.truth_images(scenes, 64, 32)
+    real, bicubic = cvb.truth_images(2000, 6, 64, 32)
     assert real.shape == bicubic.shape == (6, 3, 64, 64) and -1 <= float(bicubic.min()) <= float(bicubic.max()) <= 1
     assert not torch.equal(real, bicubic) and (real - bicubic).abs().mean() < 0.05  # blurred edges, same picture
     for images in (real, bicubic):

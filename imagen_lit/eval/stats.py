@@ -53,11 +53,17 @@ def with_intervals(metrics: dict[str, float], chance: dict[str, float] | None = 
     return out
 
 
-def frechet_distance(features: Tensor, reference: Tensor) -> float:
-    """FID between two feature sets [N, D], [M, D]: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al.)."""
-    a, b = features.double(), reference.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)  # (D, D) each, unbiased as torchmetrics'
+def gaussian_stats(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean [D] and unbiased covariance [D, D] (as torchmetrics') of features [N, D], in float64."""
+    x = features.double()
+    return x.mean(0), torch.cov(x.T)
+
+
+def frechet_distance(features: Tensor, reference: Tensor | tuple[Tensor, Tensor]) -> float:
+    """FID between features [N, D] and a reference set [M, D] (or its gaussian_stats):
+    |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al.)."""
+    mu_a, cov_a = gaussian_stats(features)
+    mu_b, cov_b = reference if isinstance(reference, tuple) else gaussian_stats(reference)
     root_trace = torch.linalg.eigvals(cov_a @ cov_b).real.clamp(min=0).sqrt().sum()  # tr (S1 S2)^(1/2)
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * root_trace)
 
@@ -69,6 +75,7 @@ def paired_fid_difference(features: Tensor, baseline: Tensor, reference: Tensor,
     if features.shape != baseline.shape:
         raise ValueError(f"paired sets need one row per scene in both, got {tuple(features.shape)} and "
                          f"{tuple(baseline.shape)}")
+    reference = gaussian_stats(reference)  # once, not twice per resample
     g = torch.Generator().manual_seed(seed)
     diffs = []
     for _ in range(num_resamples):
