@@ -78,13 +78,17 @@ def test_runs_shared_by_a_sampling_sweep_are_one_run():
     assert len({j.run for j in plan(load_spec("noise_augmentation_world"))}) == 3  # U(0, 1), U(0, 0.1) and none
 
 
-def test_the_32x32_encoder_bed_varies_the_same_encoders_at_one_budget():
+def test_the_32x32_bed_varies_the_same_encoders_and_widths_at_one_budget():
     """encoder_scale_world is encoder_scale's five encoders on experiment=world's 32x32 bed: the same configs, and
-    nothing but the encoder differs between runs (the claim fixes the U-Net and the budget)."""
+    nothing but the encoder differs between runs (the claim fixes the U-Net and the budget); unet_scale_world varies
+    the width on the same bed, its 1x run being (a)'s minilm_l6 run."""
     floor, bed = load_spec("encoder_scale"), load_spec("encoder_scale_world")
     assert {n: c["train"] for n, c in floor["configs"].items()} == {n: c["train"] for n, c in bed["configs"].items()}
     assert not any(o.startswith("data.resolution") for o in bed["train"])
     assert all(o.startswith("text_encoder=") for c in bed["configs"].values() for o in c["train"])
+    widths = load_spec("unet_scale_world")  # (b) on (a)'s bed and budget, so Fig. 4's two axes are comparable
+    same = [[o for o in spec["train"] if not o.startswith("trainer.max_time")] for spec in (widths, bed)]  # guards
+    assert same[0] == same[1] and widths["configs"]["width_1x"]["train"] == []
 
 
 def test_unknown_study_is_a_one_line_error(capsys):
