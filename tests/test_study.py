@@ -91,6 +91,26 @@ def test_the_32x32_bed_varies_the_same_encoders_and_widths_at_one_budget():
     assert same[0] == same[1] and widths["configs"]["width_1x"]["train"] == []
 
 
+def test_studies_e_and_f_on_the_32x32_bed_vary_only_their_switch(tmp_path):
+    """text_conditioning_world is text_conditioning's four switches, efficient_vs_standard_world its two U-Nets, both
+    on encoder_scale_world's bed and step budget; (f)'s efficient run composes to the same U-Net as (e)'s concat run
+    (experiment=world's own mode), so the two studies can share it."""
+    register_resolvers()
+    bed = [o for o in load_spec("encoder_scale_world")["train"] if not o.startswith("trainer.max_time")]
+    switches, unets = load_spec("text_conditioning_world"), load_spec("efficient_vs_standard_world")
+    floor = load_spec("text_conditioning")["configs"]
+    assert {n: c["train"] for n, c in switches["configs"].items()} == {n: c["train"] for n, c in floor.items()}
+    for spec in (switches, unets):
+        assert [o for o in spec["train"] if not o.startswith("trainer.max_time")] == bed
+    assert set(unets["configs"]) == set(load_spec("efficient_vs_standard")["configs"])
+    assert unets["steps"][-1] == 2500 and unets["configs"]["efficient"]["train"] == []
+    concat = [*switches["train"], *switches["configs"]["concat_into_self_attention"]["train"]]
+    efficient = [*unets["train"], *unets["configs"]["efficient"]["train"]]
+    trimmed = [[o for o in t if not o.startswith("trainer.max_time")] for t in (concat, efficient)]
+    cfgs = [compose_config("train", tmp_path / "run", t) for t in trimmed]
+    assert cfgs[0].unet == cfgs[1].unet and cfgs[0].stage == cfgs[1].stage and cfgs[0].data == cfgs[1].data
+
+
 def test_unknown_study_is_a_one_line_error(capsys):
     assert main(["no_such_study"]) == 2
     assert "known studies: " in capsys.readouterr().err
