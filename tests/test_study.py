@@ -19,6 +19,11 @@ from tests.test_train_sr import SR_TINY
 STUDIES = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
 
 
+def without_guard(train: list[str]) -> list[str]:
+    """A study's training overrides less its wall-clock guard (trainer.max_time): it only catches a stall."""
+    return [o for o in train if not o.startswith("trainer.max_time")]
+
+
 def run_spec(tmp_path, spec: dict, name: str) -> tuple[int, dict[str, dict], Path, Path]:
     """Write the spec as <name>.yaml, run the driver on it: (exit code, summary rows by job, results, runs)."""
     path = tmp_path / f"{name}.yaml"
@@ -87,8 +92,8 @@ def test_the_32x32_bed_varies_the_same_encoders_and_widths_at_one_budget():
     assert not any(o.startswith("data.resolution") for o in bed["train"])
     assert all(o.startswith("text_encoder=") for c in bed["configs"].values() for o in c["train"])
     widths = load_spec("unet_scale_world")  # (b) on (a)'s bed and budget, so Fig. 4's two axes are comparable
-    same = [[o for o in spec["train"] if not o.startswith("trainer.max_time")] for spec in (widths, bed)]  # guards
-    assert same[0] == same[1] and widths["configs"]["width_1x"]["train"] == []
+    assert without_guard(widths["train"]) == without_guard(bed["train"])
+    assert widths["configs"]["width_1x"]["train"] == []
 
 
 def test_studies_e_and_f_on_the_32x32_bed_vary_only_their_switch(tmp_path):
@@ -96,18 +101,17 @@ def test_studies_e_and_f_on_the_32x32_bed_vary_only_their_switch(tmp_path):
     on encoder_scale_world's bed and step budget; (f)'s efficient run composes to the same U-Net as (e)'s concat run
     (experiment=world's own mode), so the two studies can share it."""
     register_resolvers()
-    bed = [o for o in load_spec("encoder_scale_world")["train"] if not o.startswith("trainer.max_time")]
+    bed = without_guard(load_spec("encoder_scale_world")["train"])
     switches, unets = load_spec("text_conditioning_world"), load_spec("efficient_vs_standard_world")
     floor = load_spec("text_conditioning")["configs"]
     assert {n: c["train"] for n, c in switches["configs"].items()} == {n: c["train"] for n, c in floor.items()}
     for spec in (switches, unets):
-        assert [o for o in spec["train"] if not o.startswith("trainer.max_time")] == bed
+        assert without_guard(spec["train"]) == bed
     assert set(unets["configs"]) == set(load_spec("efficient_vs_standard")["configs"])
     assert unets["steps"][-1] == 2500 and unets["configs"]["efficient"]["train"] == []
     concat = [*switches["train"], *switches["configs"]["concat_into_self_attention"]["train"]]
     efficient = [*unets["train"], *unets["configs"]["efficient"]["train"]]
-    trimmed = [[o for o in t if not o.startswith("trainer.max_time")] for t in (concat, efficient)]
-    cfgs = [compose_config("train", tmp_path / "run", t) for t in trimmed]
+    cfgs = [compose_config("train", tmp_path / "run", without_guard(t)) for t in (concat, efficient)]
     assert cfgs[0].unet == cfgs[1].unet and cfgs[0].stage == cfgs[1].stage and cfgs[0].data == cfgs[1].data
 
 
