@@ -5,6 +5,8 @@ markdown table with 95% Wilson intervals.
     python -m imagen_lit.study encoder_scale                     # runs under outputs/study/, results under
                                                                  # experiments/results/encoder_scale/
     python -m imagen_lit.study encoder_scale --seeds 0 1         # more training seeds where configs are close
+    python -m imagen_lit.study encoder_scale --seeds 1 --configs minilm_l1 minilm   # a second seed of two configs;
+                                                                 # the rows summary.csv records are kept
     python -m imagen_lit.study encoder_scale --dry-run           # print the commands, run nothing
 
 Resumable: a finished training run (its metrics.json) or evaluation is skipped, and an unfinished run resumes from
@@ -29,7 +31,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from imagen_lit.eval.curves import checkpoint_minutes
-from imagen_lit.study_report import PROBES, intervals, markdown, plots
+from imagen_lit.study_report import PROBES, intervals, markdown, plots, read_summary
 from imagen_lit.sweep import FAILURE_FILE, METRICS_FILE, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,11 +108,18 @@ def expand_configs(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return configs
 
 
-def plan(spec: dict[str, Any], seeds: Sequence[int] | None = None) -> list[Job]:
-    """Every configuration x seed as a Job, in the spec's order; equal training overrides share a run."""
+def plan(spec: dict[str, Any], seeds: Sequence[int] | None = None, configs: Sequence[str] | None = None) -> list[Job]:
+    """Every configuration (or those named) x seed as a Job, in the spec's order; equal training overrides share a
+    run."""
     jobs, runs = [], {}
+    known = expand_configs(spec)
+    unknown = [c for c in configs or [] if c not in known]
+    if unknown:
+        raise ValueError(f"study {spec['name']!r} has no configs {unknown}; known: {', '.join(known)}")
     for seed in seeds if seeds is not None else spec.get("seeds", [0]):
-        for name, c in expand_configs(spec).items():
+        for name, c in known.items():
+            if configs and name not in configs:
+                continue
             train = [*spec.get("train", []), *c.get("train", [])]
             own = f"{name}_s{seed}" if "train" in c else f"shared_s{seed}"  # a sweep at sampling time: one run
             run = runs.setdefault((tuple(train), seed), own)
@@ -268,10 +277,29 @@ def model_sizes(run: Path) -> dict[str, int]:
     return {"unet_params": unet, "text_params": text}
 
 
+def with_recorded(summary: Path, rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """This call's rows merged into those summary.csv already records, so that more seeds or a subset of configs
+    (--seeds, --configs) added on a checkout without the earlier run folders keep the earlier results: a recorded
+    ok row stands where this call has none for its job (missing, same overrides), any other result of this call
+    replaces it, and recorded rows of configurations the spec no longer has are dropped."""
+    if not summary.is_file():
+        return rows
+    fresh, merged = {r["job"]: r for r in rows}, []
+    for old in read_summary(summary):
+        if old.get("config") not in expand_configs(spec):
+            continue
+        new = fresh.pop(old["job"], None)
+        keep = new is None or (new["status"] == "missing" and old.get("status") == "ok"
+                               and old.get("overrides") == new["overrides"])
+        merged.append(old if keep else new)
+    return merged + list(fresh.values())
+
+
 def run_study(spec: dict[str, Any], out_dir: Path, runner: Runner, seeds: Sequence[int] | None = None,
-              command: str = "") -> list[dict[str, Any]]:
-    """Train and score every job, then write summary.csv, summary.md and plot.png into out_dir."""
-    jobs = plan(spec, seeds)
+              command: str = "", configs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Train and score every job (or those of the named configs), then write summary.csv (merged with the rows it
+    already records), summary.md and plot.png into out_dir."""
+    jobs = plan(spec, seeds, configs)
     bases = {s: Job("base", s, list(spec["base"]), [], f"base_s{s}") for s in dict.fromkeys(j.seed for j in jobs)
              } if spec.get("base") else {}
     for job in jobs:
@@ -280,7 +308,7 @@ def run_study(spec: dict[str, Any], out_dir: Path, runner: Runner, seeds: Sequen
                 runner.probe(job)
     if runner.dry_run:
         return []
-    rows = [runner.row(job) for job in jobs]
+    rows = with_recorded(out_dir / "summary.csv", [runner.row(job) for job in jobs], spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_summary(out_dir, rows)
     (out_dir / "summary.md").write_text(markdown(spec, rows, command))
@@ -292,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="a name in conf/study/ or a path to a study .yaml")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the spec's)")
+    parser.add_argument("--configs", nargs="+", help="only these configurations (default: all); rows already in "
+                        "summary.csv for the others are kept")
     parser.add_argument("--out", type=Path, help="results folder (default experiments/results/<study>)")
     parser.add_argument("--runs", type=Path, help="training and evaluation folders (default outputs/study/<study>)")
     parser.add_argument("--train-override", nargs="*", default=[], help="appended to every train.py call")
@@ -300,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.study)
-        plan(spec, args.seeds)
+        plan(spec, args.seeds, args.configs)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -309,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.dry_run, evaluator=spec.get("evaluator", "sample"),
                     probe=spec["probe"] if isinstance(spec.get("probe"), dict) else None)
     command = "python -m imagen_lit.study " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows = run_study(spec, out, runner, args.seeds, command)
+    rows = run_study(spec, out, runner, args.seeds, command, args.configs)
     if args.dry_run:
         return 0
     bad = [r["job"] for r in rows if r["status"] != "ok"]

@@ -3,6 +3,7 @@ table, and the plots (imagen_lit.study writes them next to summary.csv)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,6 @@ def scale_plot(title: str, cfg: dict[str, Any], rows: list[dict[str, Any]], path
     """Parameters added (U-Net + text, millions, over each study's smallest configuration) against the change in y,
     one curve per study: this one and each in cfg['with'] (read from its summary.csv beside this study's folder).
     Configurations in cfg['exclude'] (e.g. a random-weights control of the same size) are left out."""
-    import csv
-
     from imagen_lit.eval.plot import draw_curves, save_plot
 
     key = _pooled_key(cfg.get("y", "alignment/overall"))
@@ -143,8 +142,7 @@ def scale_plot(title: str, cfg: dict[str, Any], rows: list[dict[str, Any]], path
     for other in cfg.get("with", []):
         summary = path.parent.parent / other / "summary.csv"
         if summary.is_file():
-            with summary.open() as f:
-                studies[other] = [_typed(r) for r in csv.DictReader(f)]
+            studies[other] = read_summary(summary)
     curves: dict[str, list[tuple]] = {}
     for name, study_rows in studies.items():
         lines = [p for p in pooled([r for r in study_rows if r.get("status") == "ok"])
@@ -160,6 +158,12 @@ def scale_plot(title: str, cfg: dict[str, Any], rows: list[dict[str, Any]], path
     array = draw_curves(curves, x_label="parameters added (millions, U-Net + text encoder)",
                         y_label=f"change in {cfg.get('y', 'alignment/overall')}", title="Imagen Fig. 4")
     return save_plot(array, path)
+
+
+def read_summary(path: Path) -> list[dict[str, Any]]:
+    """A study's summary.csv as rows, numbers as numbers."""
+    with Path(path).open(newline="") as f:
+        return [_typed(r) for r in csv.DictReader(f)]
 
 
 def _typed(row: dict[str, str]) -> dict[str, Any]:

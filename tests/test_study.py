@@ -10,7 +10,7 @@ import pytest
 import yaml
 from hydra.utils import instantiate
 
-from imagen_lit.study import STUDY_DIR, Runner, load_spec, main, plan
+from imagen_lit.study import STUDY_DIR, Runner, load_spec, main, plan, with_recorded
 from imagen_lit.sweep import register_resolvers, write_summary
 from tests.conftest import TINY, compose_config
 from tests.test_cascade import SR_OVERRIDES
@@ -113,6 +113,38 @@ def test_studies_e_and_f_on_the_32x32_bed_vary_only_their_switch(tmp_path):
     efficient = [*unets["train"], *unets["configs"]["efficient"]["train"]]
     cfgs = [compose_config("train", tmp_path / "run", without_guard(t)) for t in (concat, efficient)]
     assert cfgs[0].unet == cfgs[1].unet and cfgs[0].stage == cfgs[1].stage and cfgs[0].data == cfgs[1].data
+
+
+def test_configs_picks_a_subset_and_an_unknown_one_is_a_one_line_error(capsys):
+    spec = load_spec("encoder_scale_world")
+    jobs = plan(spec, seeds=[1], configs=["minilm_l1", "minilm_l6"])
+    assert [j.name for j in jobs] == ["minilm_l6_s1", "minilm_l1_s1"]  # the spec's order
+    with pytest.raises(ValueError, match="has no configs \\['minilm_l9'\\]; known: "):
+        plan(spec, configs=["minilm_l9"])
+    assert main(["encoder_scale_world", "--configs", "minilm_l9", "--dry-run"]) == 2
+    assert "known: minilm_l6" in capsys.readouterr().err
+
+
+def test_recorded_rows_are_kept_when_their_runs_are_not_here(tmp_path):
+    """A second seed added on a checkout without the first seed's folders: the recorded seed-0 rows stay, a fresh
+    result replaces a recorded one, a recorded row whose overrides changed does not stand in, and rows of configs
+    the spec dropped go."""
+    spec = load_spec("encoder_scale_world")
+    runner = Runner(tmp_path / "runs")
+    seed0 = [runner.row(j) for j in plan(spec, seeds=[0])]
+    for r, acc in zip(seed0, (0.26, 0.14, 0.18, 0.25, 0.18), strict=True):
+        r.update(status="ok", **{"alignment/overall": acc, "alignment/n_images": 300})
+    seed0[2]["overrides"] += " stale=1"
+    write_summary(tmp_path, [*seed0, {**seed0[0], "job": "gone_s0", "config": "gone", "point": "gone"}])
+    fresh = [runner.row(j) for j in plan(spec, seeds=[0, 1], configs=["minilm_l6", "minilm_l1"])]
+    assert all(r["status"] == "missing" for r in fresh)
+    fresh[0].update(status="ok", **{"alignment/overall": 0.3, "alignment/n_images": 300})  # minilm_l6_s0 rescored
+    rows = {r["job"]: r for r in with_recorded(tmp_path / "summary.csv", fresh, spec)}
+    assert set(rows) == {f"{c}_s0" for c in spec["configs"]} | {"minilm_l6_s1", "minilm_l1_s1"}
+    assert rows["minilm_l6_s0"]["alignment/overall"] == 0.3  # this call's result
+    assert rows["minilm_random_s0"]["alignment/overall"] == 0.14 and rows["minilm_random_s0"]["status"] == "ok"
+    assert rows["minilm_l1_s0"]["status"] == "missing"  # its recorded row was run with other overrides
+    assert rows["minilm_l1_s1"]["status"] == "missing"  # not run yet: reported, not dropped
 
 
 def test_unknown_study_is_a_one_line_error(capsys):
