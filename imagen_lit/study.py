@@ -284,9 +284,9 @@ def with_recorded(summary: Path, rows: list[dict[str, Any]], spec: dict[str, Any
     replaces it, and recorded rows of configurations the spec no longer has are dropped."""
     if not summary.is_file():
         return rows
-    fresh, merged = {r["job"]: r for r in rows}, []
+    fresh, merged, configs = {r["job"]: r for r in rows}, [], expand_configs(spec)
     for old in read_summary(summary):
-        if old.get("config") not in expand_configs(spec):
+        if old.get("config") not in configs:
             continue
         new = fresh.pop(old["job"], None)
         keep = new is None or (new["status"] == "missing" and old.get("status") == "ok"
