@@ -28,7 +28,7 @@ quickstart: install
 	$(BIN)/python -m imagen_lit.cascade export $(QUICKSTART_DIR)/cascade \
 	    $(QUICKSTART_DIR)/base32/checkpoints/last.ckpt $(QUICKSTART_DIR)/sr64/checkpoints/last.ckpt
 	$(BIN)/python sample.py cascade=$(QUICKSTART_DIR)/cascade hydra.run.dir=$(QUICKSTART_DIR)/samples
-	$(BIN)/python experiments/sr_vs_bicubic.py $(QUICKSTART_DIR)/sr64/checkpoints/last.ckpt --num-scenes 64 --aug-levels 0.0 0.1 \
+	$(BIN)/python experiments/sr_vs_bicubic.py $(QUICKSTART_DIR)/sr64/checkpoints/last.ckpt --num-scenes 64 \
 	    --json $(QUICKSTART_DIR)/sr_vs_bicubic.json --save-grid $(QUICKSTART_DIR)/sr_vs_bicubic.png
 
 test: install
