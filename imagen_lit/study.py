@@ -308,7 +308,8 @@ def run_study(spec: dict[str, Any], out_dir: Path, runner: Runner, seeds: Sequen
                 runner.probe(job)
     if runner.dry_run:
         return []
-    rows = with_recorded(out_dir / "summary.csv", [runner.row(job) for job in jobs], spec)
+    rows = [{**runner.row(job), "command": command} for job in jobs]  # each row keeps the call that made it
+    rows = with_recorded(out_dir / "summary.csv", rows, spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_summary(out_dir, rows)
     (out_dir / "summary.md").write_text(markdown(spec, rows, command))

@@ -57,13 +57,15 @@ def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> str:
-    """The study's table: one line per configuration, accuracies with 95% intervals, FID and model sizes."""
+    """The study's table: one line per configuration, accuracies with 95% intervals, FID and model sizes, under the
+    commands that made its rows (a row without one: this call's)."""
     lines_in = pooled(rows)
     probes = [p for p in PROBES if any(f"probe/{p}" in line for line in lines_in)]
     head = ["config", "seeds", "U-Net params", "text params", *(NAMES[c] for c in (*CATEGORIES, "overall")),
             "domain FID", "train min", *(f"prefers true {p}" for p in probes)]
+    commands = dict.fromkeys(r.get("command") or command for r in rows)  # every call behind the table, in order
     lines = [f"# Study {spec['name']}: {spec.get('section', '')}", "", f"Claim: {spec.get('claim', '')}", "",
-             f"    {command}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             *(f"    {c}" for c in commands), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in lines_in:
         cells = [p["config"], str(p["seeds"]) if p["status"] == "ok" else p["status"],
                  _millions(p["unet_params"]), _millions(p["text_params"])]

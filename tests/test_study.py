@@ -11,6 +11,7 @@ import yaml
 from hydra.utils import instantiate
 
 from imagen_lit.study import STUDY_DIR, Runner, load_spec, main, plan, with_recorded
+from imagen_lit.study_report import markdown
 from imagen_lit.sweep import register_resolvers, write_summary
 from tests.conftest import TINY, compose_config
 from tests.test_cascade import SR_OVERRIDES
@@ -145,6 +146,19 @@ def test_recorded_rows_are_kept_when_their_runs_are_not_here(tmp_path):
     assert rows["minilm_random_s0"]["alignment/overall"] == 0.14 and rows["minilm_random_s0"]["status"] == "ok"
     assert rows["minilm_l1_s0"]["status"] == "missing"  # its recorded row was run with other overrides
     assert rows["minilm_l1_s1"]["status"] == "missing"  # not run yet: reported, not dropped
+
+
+def test_the_table_names_every_call_behind_its_rows(tmp_path):
+    """A seed added by a --configs call: summary.md lists the first call and this one, each once, in order; a row
+    recorded without its call falls back to this call's."""
+    spec = load_spec("encoder_scale_world")
+    runner, first, second = Runner(tmp_path / "runs"), "python -m imagen_lit.study a", "python -m imagen_lit.study b"
+    rows = [{**runner.row(j), "status": "ok", "alignment/overall": 0.2, "alignment/n_images": 300,
+             "command": first if j.seed == 0 else second} for j in plan(spec, seeds=[0, 1], configs=["minilm_l6"])]
+    header = markdown(spec, [*rows, {**rows[0], "command": first}], "ignored").split("|")[0]
+    assert [line.strip() for line in header.splitlines() if line.startswith("    ")] == [first, second]
+    del rows[1]["command"]
+    assert "    this call" in markdown(spec, rows, "this call")
 
 
 def test_unknown_study_is_a_one_line_error(capsys):
