@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY_DIR = ROOT / "conf" / "study"
 TIME_FILE = "study_time.json"  # training seconds, summed over resumes
 SPEC_KEYS = {"claim", "section", "train", "evaluate", "seeds", "configs", "sweep", "plot", "steps", "base", "evaluator",
-             "probe"}
+             "probe", "baseline"}
 PROBE_FILE = "probe.json"
 EVALUATORS = ("sample", "cascade")
 
@@ -92,6 +92,9 @@ def load_spec(study: str) -> dict[str, Any]:
         raise ValueError(f"{path}: evaluator cascade (SR stages on a base's samples) needs base: [its train.py "
                          "overrides], and base needs evaluator: cascade")
     spec["name"] = path.stem
+    if spec.get("baseline") is not None and spec["baseline"] not in expand_configs(spec):
+        raise ValueError(f"{path}: baseline {spec['baseline']!r} is not one of its configs; name one of "
+                         f"{', '.join(expand_configs(spec))}")
     return spec
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagen_lit.eval.compositional import CATEGORIES
-from imagen_lit.eval.stats import wilson_interval
+from imagen_lit.eval.stats import difference_interval, wilson_interval
 from imagen_lit.sweep import write_pareto
 
 NAMES = {"colour": "single", "counting": "counting", "position": "position", "binding": "binding",
@@ -41,6 +41,7 @@ def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             k = sum(round(r.get(f"alignment/{cat}", 0.0) * int(r.get(n_key, 0))) for r in group)
             if n:
                 line[cat] = (k / n, *wilson_interval(k, n))
+                line[f"{cat}_counts"] = (k, n)
         fids = [r["fidelity/domain_fid"] for r in group if r.get("fidelity/domain_fid") is not None]
         line["fid"] = sum(fids) / len(fids) if fids else None
         for probe in PROBES:  # paired preferences of the true caption, pooled over seeds
@@ -61,8 +62,9 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> 
     commands that made its rows (a row without one: this call's)."""
     lines_in = pooled(rows)
     probes = [p for p in PROBES if any(f"probe/{p}" in line for line in lines_in)]
+    base = spec.get("baseline")
     head = ["config", "seeds", "U-Net params", "text params", *(NAMES[c] for c in (*CATEGORIES, "overall")),
-            "domain FID", "train min", *(f"prefers true {p}" for p in probes)]
+            *([f"overall - {base}"] if base else []), "domain FID", "train min", *(f"prefers true {p}" for p in probes)]
     commands = dict.fromkeys(r.get("command") or command for r in rows)  # every call behind the table, in order
     lines = [f"# Study {spec['name']}: {spec.get('section', '')}", "", f"Claim: {spec.get('claim', '')}", "",
              *(f"    {c}" for c in commands), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -70,11 +72,27 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> 
         cells = [p["config"], str(p["seeds"]) if p["status"] == "ok" else p["status"],
                  _millions(p["unet_params"]), _millions(p["text_params"])]
         cells += [_interval(p.get(c)) for c in (*CATEGORIES, "overall")]
+        cells += [_signed(versus(p, lines_in, base))] if base else []
         cells += [f"{p['fid']:.1f}" if p["fid"] is not None else "-",
                   f"{p['train_minutes']:.1f}" if p["train_minutes"] is not None else "-"]
         cells += [_interval(p.get(f"probe/{q}")) for q in probes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def versus(line: dict[str, Any], lines: list[dict[str, Any]], baseline: str) -> tuple[float, float, float] | None:
+    """The line's overall accuracy minus that of the baseline config at the same step (pooled counts), with its 95%
+    interval; None for the baseline itself or where either has no scored seed."""
+    step = line.get("step")
+    point = baseline if step is None else f"{baseline}@{int(step)}"
+    other = next((q for q in lines if q["config"] == point), None)
+    if other is None or other is line or "overall_counts" not in line or "overall_counts" not in other:
+        return None
+    return difference_interval(*line["overall_counts"], *other["overall_counts"])
+
+
+def _signed(value: tuple[float, float, float] | None) -> str:
+    return "-" if value is None else f"{value[0]:+.3f} [{value[1]:+.2f}, {value[2]:+.2f}]"
 
 
 def _interval(value: tuple[float, float, float] | None) -> str:

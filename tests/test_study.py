@@ -161,6 +161,23 @@ def test_the_table_names_every_call_behind_its_rows(tmp_path):
     assert "    this call" in markdown(spec, rows, "this call")
 
 
+def test_the_table_gives_each_config_against_the_baseline_with_its_interval(tmp_path):
+    """The spec's baseline column: pooled counts' difference with Newcombe's interval, '-' on the baseline's own line,
+    and a baseline that names no config is a one-line error."""
+    spec = load_spec("text_conditioning_world")
+    runner = Runner(tmp_path / "runs")
+    rows = [{**runner.row(j), "status": "ok", "alignment/overall": acc, "alignment/n_images": 300}
+            for j, acc in zip(plan(spec, seeds=[0]), (0.28, 0.19, 0.30, 0.19), strict=True)]
+    table = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown(spec, rows, "c").splitlines()}
+    column = table["config"].index("overall - mean_pooling_only")
+    assert table["separate_cross_attention"][column] == "+0.110 [+0.04, +0.18]"  # 90/300 - 57/300
+    assert table["mean_pooling_only"][column] == "-"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**{k: v for k, v in spec.items() if k != "name"}, "baseline": "nope"}))
+    with pytest.raises(ValueError, match="baseline 'nope' is not one of its configs"):
+        load_spec(str(bad))
+
+
 def test_unknown_study_is_a_one_line_error(capsys):
     assert main(["no_such_study"]) == 2
     assert "known studies: " in capsys.readouterr().err

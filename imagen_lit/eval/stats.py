@@ -28,6 +28,15 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return lo, hi
 
 
+def difference_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
+    """p1 - p2 of two independent proportions with Newcombe's (1998) hybrid score 95% interval, built from each
+    one's Wilson bounds: (difference, lo, hi)."""
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(k1, n1, z), wilson_interval(k2, n2, z)
+    d = p1 - p2
+    return d, d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
+
+
 def chance_levels(scenes: Sequence[Scene]) -> dict[str, float]:
     """Per-category accuracy of an image that ignores its caption: each scene's spec judged on the true objects
     of the next scene (a cyclic derangement), so the layout, shapes and colours are the world's, not the caption's."""

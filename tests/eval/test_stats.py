@@ -6,6 +6,7 @@ import torch
 from imagen_lit.eval.guidance import heldout_scenes
 from imagen_lit.eval.stats import (
     chance_levels,
+    difference_interval,
     frechet_distance,
     paired_fid_difference,
     wilson_interval,
@@ -23,6 +24,13 @@ def test_wilson_interval_matches_hand_computed_values():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match="0 <= successes <= n"):
         wilson_interval(5, 4)
+
+
+def test_difference_interval_matches_newcombes_published_example():
+    # Newcombe (1998), Stat. Med. 17:873, Table II example (a): 56/70 against 48/80, method 10 (hybrid score)
+    d, lo, hi = difference_interval(56, 70, 48, 80)
+    assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)
+    assert difference_interval(48, 80, 56, 70) == pytest.approx((-0.2, -0.3339, -0.0524), abs=1e-4)  # antisymmetric
 
 
 def test_chance_levels_of_the_world_are_low_and_cover_every_category():
