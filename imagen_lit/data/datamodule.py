@@ -10,6 +10,7 @@ Usage:
 
 from __future__ import annotations
 
+import glob
 import os
 import warnings
 from typing import Any
@@ -127,7 +128,16 @@ class TextImageDataModule(lightning.LightningDataModule):
                     f"{len(stale)} of {len(urls)} shards have no current embedding cache (first: {stale[0]}); "
                     f"encode them before a {world}-process run: python -m imagen_lit.text.precompute "
                     f"shards='{self.shards}' text_encoder=<this run's> devices=<GPUs>")
-        build_embedding_cache(urls, self.text_encoder, self.cache_dir)
+        build_embedding_cache(urls, self.text_encoder, self.cache_dir, donors=self._same_captions_dirs())
+
+    def _same_captions_dirs(self) -> list[str]:
+        """Rendered synthetic worlds that differ from this one only in resolution, so hold the same captions (the
+        cascade's stages train on one world at each stage's size): their caches can be copied, not re-encoded."""
+        if self.synthetic is None:
+            return []
+        name = os.path.basename(self.synthetic_dir).replace(f"-r{self.synthetic['resolution']}-", "-r*-", 1)
+        return [d for d in sorted(glob.glob(os.path.join(glob.escape(self.data_dir), name)))
+                if d != self.synthetic_dir and read_manifest(d) is not None]
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard list and check that every local shard's cache exists, before training starts."""

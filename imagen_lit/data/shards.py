@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 import socket
 import tarfile
 import warnings
+from collections.abc import Sequence
 
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext
@@ -17,7 +19,7 @@ from webdataset.tariterators import base_plus_ext
 from imagen_lit.data.render import render_scene
 from imagen_lit.data.sources import cache_paths, is_local, shard_name
 from imagen_lit.data.world import Scene, check_kinds, sample_scene
-from imagen_lit.text.cache import read_metadata, write_embeddings
+from imagen_lit.text.cache import copy_embeddings, read_metadata, write_embeddings
 
 MANIFEST = "manifest.json"
 IMAGE_FORMATS = ("png", "jpg")
@@ -144,11 +146,15 @@ def read_captions(url: str) -> tuple[list[str], list[str], list[str]]:
 
 
 def build_embedding_cache(
-    shard_paths: list[str], text_encoder, cache_dir: str | None = None, chunk_size: int = 256
+    shard_paths: list[str], text_encoder, cache_dir: str | None = None, chunk_size: int = 256,
+    donors: Sequence[str] = (),
 ) -> list[str]:
     """Encode each shard's captions once into its cache file (missing or stale ones only); return the paths.
 
     With cache_dir None each shard's cache goes to <shard dir>/embeds/<cache_key>/<shard name>.safetensors.
+    `donors` are folders of shards that may hold the same captions (the synthetic world at another resolution): a
+    stale shard whose namesake there has a cache from this encoder over the same keys and captions (its recorded
+    sha256) gets a copy of it instead of being encoded again.
     """
     stale = set(stale_caches(shard_paths, text_encoder.cache_key, cache_dir))
     paths = cache_paths(shard_paths, text_encoder.cache_key, cache_dir)
@@ -161,13 +167,46 @@ def build_embedding_cache(
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             warnings.warn(f"shard {url}: {len(missing)} samples have no caption and are skipped: {shown}",
                           stacklevel=2)
+        digest = captions_digest(keys, captions)
+        metadata = {"shard": shard_name(url), "encoder": text_encoder.cache_key, "shard_stamp": stamp,
+                    "captions_sha256": digest}
+        donor = _donor_cache(url, path, donors, text_encoder.cache_key, cache_dir, digest)
+        if donor is not None:
+            copy_embeddings(donor, path, metadata)
+            continue
         # Streamed: the header from the token lengths, then chunk_size captions at a time, so a 10k-caption shard
         # at T5-XXL never sits in memory whole (10.5 GB in bfloat16, twice that in float32).
         chunks = (text_encoder.encode(captions[i : i + chunk_size]) for i in range(0, len(captions), chunk_size))
-        metadata = {"shard": shard_name(url), "encoder": text_encoder.cache_key, "shard_stamp": stamp}
         write_embeddings(path, keys, text_encoder.token_lengths(captions) if captions else [], text_encoder.dim,
                          chunks, metadata=metadata)
     return paths
+
+
+def captions_digest(keys: list[str], captions: list[str]) -> str:
+    """sha256 of a shard's (key, caption) pairs in order: two shards with equal digests need one encoding."""
+    h = hashlib.sha256()
+    for key, caption in zip(keys, captions, strict=True):
+        h.update(json.dumps([key, caption]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _donor_cache(url: str, path: str, donors: Sequence[str], cache_key: str, cache_dir: str | None,
+                 digest: str) -> str | None:
+    """A current cache, by this encoder, of the same keys and captions under a donor folder's namesake shard."""
+    if not is_local(url):
+        return None
+    name = os.path.basename(url.replace("file://", "", 1))
+    for folder in donors:
+        other = cache_paths([os.path.join(folder, name)], cache_key, cache_dir)[0]
+        if other == path or not os.path.isfile(other):
+            continue
+        try:
+            meta = read_metadata(other)
+        except ValueError:  # truncated or foreign: not a donor
+            continue
+        if meta.get("encoder") == cache_key and meta.get("captions_sha256") == digest:
+            return other
+    return None
 
 
 def stale_caches(shard_paths: list[str], cache_key: str, cache_dir: str | None = None) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -125,6 +126,26 @@ def save_embeddings(
     lengths = _check_chunk(embeds, mask)
     _check_keys(list(keys), embeds.shape[0])
     write_embeddings(path, list(keys), lengths.tolist(), embeds.shape[2], [(embeds, mask)], metadata)
+
+
+def copy_embeddings(src: str | Path, dst: str | Path, metadata: dict[str, str]) -> None:
+    """Write src's rows to dst under new caller metadata: keys and tensors byte for byte, streamed, atomically."""
+    _check_metadata(metadata)
+    keys = _read(src)["keys"]
+    with open(src, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+    header["__metadata__"] = {**metadata, "format": _FORMAT, "keys": keys}  # data offsets are relative: unchanged
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+
+    def write(out) -> None:
+        out.write(struct.pack("<Q", len(raw)) + raw)
+        with open(src, "rb") as f:
+            f.seek(8 + size)
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    atomic_write(dst, write)
 
 
 def _read(path: str | Path) -> dict[str, str]:

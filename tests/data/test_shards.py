@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,6 +118,45 @@ def test_embedding_cache_skips_missing_captions_and_rebuilds_stale(tmp_path, fak
     os.utime(shard, ns=(1, 1))  # a rewritten shard (new size and mtime) invalidates its cache
     build_embedding_cache([shard], fake_encoder, cache_dir=None)
     assert set(load_embeddings(cache)) == {"z"}
+
+
+def test_a_world_at_another_resolution_copies_the_caption_cache_instead_of_encoding(tmp_path, fake_encoder):
+    """The cascade's stages render one world at each size: the second size's caches are copies of the first's (same
+    rows, own stamps, current), while a donor with other captions is not used."""
+    from imagen_lit.data import TextImageDataModule
+    from imagen_lit.data.shards import stale_caches
+
+    def prepare(resolution: int, seed: int = 0) -> TextImageDataModule:
+        dm = TextImageDataModule(fake_encoder, synthetic={"num_scenes": 6, "samples_per_shard": 3, "seed": seed},
+                                 resolution=resolution, data_dir=str(tmp_path))
+        dm.prepare_data()
+        return dm
+
+    low = prepare(8)
+    calls = fake_encoder.calls
+    assert calls > 0
+    high = prepare(16)
+    assert fake_encoder.calls == calls  # copied, not encoded
+    low_caches, high_caches = (sorted((Path(dm.synthetic_dir) / "embeds" / "fake-d8").glob("*.safetensors"))
+                               for dm in (low, high))
+    assert [p.name for p in high_caches] == [p.name for p in low_caches]
+    for a, b in zip(low_caches, high_caches, strict=True):
+        ta, tb = load_embeddings(a), load_embeddings(b)
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert stale_caches(high._shard_urls(), "fake-d8") == []  # the copies carry their own shards' stamps
+    prepare(16, seed=1)  # other scenes, other captions: encoded
+    assert fake_encoder.calls > calls
+
+
+def test_a_donor_with_other_captions_under_the_same_name_is_not_copied(tmp_path, fake_encoder):
+    rows = [{"__key__": "a", "png": image_bytes((8, 8)), "txt": "a red circle"}]
+    (tmp_path / "d").mkdir(), (tmp_path / "x").mkdir()
+    donor = write_tar(tmp_path / "d" / "s-0.tar", rows)
+    build_embedding_cache([donor], fake_encoder)
+    shard = write_tar(tmp_path / "x" / "s-0.tar", [{**rows[0], "txt": "a blue square"}])
+    calls = fake_encoder.calls
+    (cache,) = build_embedding_cache([shard], fake_encoder, donors=[str(tmp_path / "d")])
+    assert fake_encoder.calls > calls and torch.equal(load_embeddings(cache)["a"], as_cached("a blue square"))
 
 
 def test_kind_mix_is_part_of_the_dataset(tmp_path):
