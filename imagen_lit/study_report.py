@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagen_lit.eval.compositional import CATEGORIES
-from imagen_lit.eval.stats import difference_interval, wilson_interval
+from imagen_lit.eval.stats import difference_interval, homogeneity_p, wilson_interval
 from imagen_lit.sweep import write_pareto
 
 NAMES = {"colour": "single", "counting": "counting", "position": "position", "binding": "binding",
@@ -42,6 +42,9 @@ def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if n:
                 line[cat] = (k / n, *wilson_interval(k, n))
                 line[f"{cat}_counts"] = (k, n)
+        scored = [(int(r["seed"]), int(r["alignment/n_images"]), r.get("alignment/overall", 0.0)) for r in group
+                  if r.get("alignment/n_images")]
+        line["overall_by_seed"] = sorted((seed, round(acc * n), n) for seed, n, acc in scored)  # (seed, k, n)
         fids = [r["fidelity/domain_fid"] for r in group if r.get("fidelity/domain_fid") is not None]
         line["fid"] = sum(fids) / len(fids) if fids else None
         for probe in PROBES:  # paired preferences of the true caption, pooled over seeds
@@ -63,8 +66,10 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> 
     lines_in = pooled(rows)
     probes = [p for p in PROBES if any(f"probe/{p}" in line for line in lines_in)]
     base = spec.get("baseline")
+    by_seed = any(len(p["overall_by_seed"]) > 1 for p in lines_in)
     head = ["config", "seeds", "U-Net params", "text params", *(NAMES[c] for c in (*CATEGORIES, "overall")),
-            *([f"overall - {base}"] if base else []), "domain FID", "train min", *(f"prefers true {p}" for p in probes)]
+            *(["overall by seed (p equal)"] if by_seed else []), *([f"overall - {base}"] if base else []),
+            "domain FID", "train min", *(f"prefers true {p}" for p in probes)]
     commands = dict.fromkeys(r.get("command") or command for r in rows)  # every call behind the table, in order
     lines = [f"# Study {spec['name']}: {spec.get('section', '')}", "", f"Claim: {spec.get('claim', '')}", "",
              *(f"    {c}" for c in commands), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -72,6 +77,7 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> 
         cells = [p["config"], str(p["seeds"]) if p["status"] == "ok" else p["status"],
                  _millions(p["unet_params"]), _millions(p["text_params"])]
         cells += [_interval(p.get(c)) for c in (*CATEGORIES, "overall")]
+        cells += [_by_seed(p["overall_by_seed"])] if by_seed else []
         cells += [_signed(versus(p, lines_in, base))] if base else []
         cells += [f"{p['fid']:.1f}" if p["fid"] is not None else "-",
                   f"{p['train_minutes']:.1f}" if p["train_minutes"] is not None else "-"]
@@ -89,6 +95,13 @@ def versus(line: dict[str, Any], lines: list[dict[str, Any]], baseline: str) -> 
     if other is None or other is line or "overall_counts" not in line or "overall_counts" not in other:
         return None
     return difference_interval(*line["overall_counts"], *other["overall_counts"])
+
+
+def _by_seed(counts: list[tuple[int, int, int]]) -> str:
+    """Each seed's overall accuracy, and the chi-square p that they share one (small: the seeds differ beyond the
+    scenes' sampling, and the pooled interval understates the uncertainty)."""
+    values = " / ".join(f"{k / n:.3f}" for _, k, n in counts)
+    return values + (f" (p {homogeneity_p([(k, n) for _, k, n in counts]):.2f})" if len(counts) > 1 else "")
 
 
 def _signed(value: tuple[float, float, float] | None) -> str:

@@ -178,6 +178,19 @@ def test_the_table_gives_each_config_against_the_baseline_with_its_interval(tmp_
         load_spec(str(bad))
 
 
+def test_the_table_gives_each_seed_and_whether_the_seeds_agree(tmp_path):
+    """With two seeds a column lists each seed's overall accuracy and the chi-square p that they share one."""
+    spec = load_spec("text_conditioning_world")
+    runner = Runner(tmp_path / "runs")
+    rows = [{**runner.row(j), "status": "ok", "alignment/overall": acc, "alignment/n_images": 300}
+            for j, acc in zip(plan(spec, seeds=[0, 1], configs=["mean_pooling_only"]), (56 / 300, 81 / 300),
+                              strict=True)]
+    table = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown(spec, rows, "c").splitlines()}
+    column = table["config"].index("overall by seed (p equal)")
+    assert table["mean_pooling_only"][column] == "0.187 / 0.270 (p 0.02)"
+    assert "overall by seed" not in markdown(spec, rows[:1], "c")  # one seed: no column
+
+
 def test_unknown_study_is_a_one_line_error(capsys):
     assert main(["no_such_study"]) == 2
     assert "known studies: " in capsys.readouterr().err

@@ -37,6 +37,18 @@ def difference_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> t
     return d, d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
 
 
+def homogeneity_p(counts: Sequence[tuple[int, int]]) -> float:
+    """p-value of Pearson's chi-square test that (successes, n) of each group (a configuration's training seeds)
+    share one proportion: small p says the seeds differ beyond sampling, so pooled Wilson intervals understate."""
+    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if len(counts) < 2 or k in (0, n):
+        return 1.0
+    p = k / n
+    stat = sum((ki - ni * p) ** 2 / (ni * p * (1 - p)) for ki, ni in counts)  # = sum over both cells of (O - E)^2 / E
+    dof = torch.tensor((len(counts) - 1) / 2, dtype=torch.float64)
+    return float(torch.special.gammaincc(dof, torch.tensor(stat / 2, dtype=torch.float64)))  # chi-square survival
+
+
 def chance_levels(scenes: Sequence[Scene]) -> dict[str, float]:
     """Per-category accuracy of an image that ignores its caption: each scene's spec judged on the true objects
     of the next scene (a cyclic derangement), so the layout, shapes and colours are the world's, not the caption's."""

@@ -1,5 +1,7 @@
 """Wilson intervals (hand-computed values), chance levels (a caption-ignoring image is near 0), the table rows."""
 
+import math
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from imagen_lit.eval.stats import (
     chance_levels,
     difference_interval,
     frechet_distance,
+    homogeneity_p,
     paired_fid_difference,
     wilson_interval,
     with_intervals,
@@ -31,6 +34,18 @@ def test_difference_interval_matches_newcombes_published_example():
     d, lo, hi = difference_interval(56, 70, 48, 80)
     assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)
     assert difference_interval(48, 80, 56, 70) == pytest.approx((-0.2, -0.3339, -0.0524), abs=1e-4)  # antisymmetric
+
+
+def test_homogeneity_p_matches_the_one_degree_closed_form():
+    # 56/300 against 81/300: pooled 137/600, chi-square 5.912 on 1 dof, whose survival is erfc(sqrt(x / 2))
+    x = 2 * 12.5**2 / 68.5 + 2 * 12.5**2 / 231.5
+    assert homogeneity_p([(56, 300), (81, 300)]) == pytest.approx(math.erfc(math.sqrt(x / 2)), rel=1e-9)
+    assert homogeneity_p([(56, 300), (81, 300)]) == pytest.approx(0.0150, abs=1e-4)
+    assert homogeneity_p([(60, 300), (60, 300), (60, 300)]) == pytest.approx(1.0)
+    assert homogeneity_p([(60, 300)]) == 1.0
+    # three groups, 2 dof: the survival is exp(-x / 2)
+    x3 = sum((k - 100 * 0.3) ** 2 / (100 * 0.3 * 0.7) for k in (20, 30, 40))
+    assert homogeneity_p([(20, 100), (30, 100), (40, 100)]) == pytest.approx(math.exp(-x3 / 2), rel=1e-9)
 
 
 def test_chance_levels_of_the_world_are_low_and_cover_every_category():
