@@ -41,7 +41,6 @@ def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             k = sum(round(r.get(f"alignment/{cat}", 0.0) * int(r.get(n_key, 0))) for r in group)
             if n:
                 line[cat] = (k / n, *wilson_interval(k, n))
-                line[f"{cat}_counts"] = (k, n)
         scored = [(int(r["seed"]), int(r["alignment/n_images"]), r.get("alignment/overall", 0.0)) for r in group
                   if r.get("alignment/n_images")]
         line["overall_by_seed"] = sorted((seed, round(acc * n), n) for seed, n, acc in scored)  # (seed, k, n)
@@ -92,9 +91,14 @@ def versus(line: dict[str, Any], lines: list[dict[str, Any]], baseline: str) -> 
     step = line.get("step")
     point = baseline if step is None else f"{baseline}@{int(step)}"
     other = next((q for q in lines if q["config"] == point), None)
-    if other is None or other is line or "overall_counts" not in line or "overall_counts" not in other:
+    if other is None or other is line or not line["overall_by_seed"] or not other["overall_by_seed"]:
         return None
-    return difference_interval(*line["overall_counts"], *other["overall_counts"])
+    return difference_interval(*_pooled_counts(line), *_pooled_counts(other))
+
+
+def _pooled_counts(line: dict[str, Any]) -> tuple[int, int]:
+    """(right, images) of the line's overall accuracy, summed over its seeds."""
+    return sum(k for _, k, _ in line["overall_by_seed"]), sum(n for _, _, n in line["overall_by_seed"])
 
 
 def _by_seed(counts: list[tuple[int, int, int]]) -> str:

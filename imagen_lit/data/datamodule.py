@@ -98,8 +98,12 @@ class TextImageDataModule(lightning.LightningDataModule):
     @property
     def synthetic_dir(self) -> str:
         """Folder of the synthetic shards, named by every parameter that changes their content."""
+        return self._world_dir(self.synthetic["resolution"])
+
+    def _world_dir(self, resolution: int | str) -> str:
+        """The synthetic world's folder at this resolution ('*': a glob over every resolution)."""
         s = self.synthetic
-        name = (f"synthetic-n{s['num_scenes']}-r{s['resolution']}-seed{s['seed']}-"
+        name = (f"synthetic-n{s['num_scenes']}-r{resolution}-seed{s['seed']}-"
                 f"sps{s['samples_per_shard']}-{s['image_format']}")
         if s.get("kinds") is not None:  # another kind mix is another dataset: e.g. -kinds-single0.2-spatial0.4
             name += "-kinds-" + "-".join(f"{k}{float(w):g}" for k, w in check_kinds(dict(s["kinds"])).items())
@@ -135,9 +139,8 @@ class TextImageDataModule(lightning.LightningDataModule):
         cascade's stages train on one world at each stage's size): their caches can be copied, not re-encoded."""
         if self.synthetic is None:
             return []
-        name = os.path.basename(self.synthetic_dir).replace(f"-r{self.synthetic['resolution']}-", "-r*-", 1)
-        return [d for d in sorted(glob.glob(os.path.join(glob.escape(self.data_dir), name)))
-                if d != self.synthetic_dir and read_manifest(d) is not None]
+        pattern = os.path.join(glob.escape(self.data_dir), os.path.basename(self._world_dir("*")))
+        return [d for d in sorted(glob.glob(pattern)) if d != self.synthetic_dir and read_manifest(d) is not None]
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the shard list and check that every local shard's cache exists, before training starts."""
