@@ -7,12 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from imagen_lit.diffusion.guidance import check_guidance_interval, check_guidance_weight, guided_model_fn
+from imagen_lit.diffusion.noise_levels import WeightedNoiseLevels
 from imagen_lit.diffusion.samplers import get_sampler, time_grid
 from imagen_lit.diffusion.schedules import LogSNRSchedule
 from imagen_lit.diffusion.thresholding import check_thresholding, threshold_x0
 
 PREDICTIONS = ("eps", "v", "x0")
 LOSS_WEIGHTINGS = ("none", "min_snr")
+NOISE_LEVEL_SAMPLINGS = ("uniform", "weighted")
 
 
 def check_sampling_options(
@@ -66,6 +68,7 @@ class GaussianDiffusion:
         min_snr_floor: float = 0.0,
         multiscale_weights: Sequence[float] = (1.0,),
         log_snr_range: Sequence[float | None] | None = None,
+        noise_level_sampling: str = "uniform",
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -78,6 +81,9 @@ class GaussianDiffusion:
         if min_snr_floor > 0 and prediction == "eps":
             raise ValueError("min_snr_floor > 0 weighs eps-MSE by floor / SNR at high noise (unbounded); use "
                              "prediction=v or x0")
+        if noise_level_sampling not in NOISE_LEVEL_SAMPLINGS:
+            raise ValueError(f"unknown noise_level_sampling {noise_level_sampling!r}; choose one of "
+                             f"{', '.join(NOISE_LEVEL_SAMPLINGS)}")
         weights = [float(w) for w in multiscale_weights]
         if not weights or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"multiscale_weights must be >= 0 with a positive sum (one per halving, [1.0] = plain "
@@ -89,6 +95,10 @@ class GaussianDiffusion:
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
         self.min_snr_floor = min_snr_floor
+        self.noise_level_sampling = noise_level_sampling
+        self._weighted_levels = (
+            WeightedNoiseLevels(self.loss_weight, self.t_range) if noise_level_sampling == "weighted" else None
+        )
 
     def _t_range(self, log_snr_range) -> tuple[tuple[float | None, float | None] | None, tuple[float, float]]:
         """[min, max] log-SNR an expert trains on (None ends: unbounded) -> the t interval it spans."""
@@ -110,7 +120,8 @@ class GaussianDiffusion:
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule!r}, prediction={self.prediction!r}, "
                 f"loss_weighting={self.loss_weighting!r}, min_snr_floor={self.min_snr_floor}, "
-                f"multiscale_weights={self.multiscale_weights}, log_snr_range={self.log_snr_range})")
+                f"multiscale_weights={self.multiscale_weights}, log_snr_range={self.log_snr_range}, "
+                f"noise_level_sampling={self.noise_level_sampling!r})")
 
     def loss_weight(self, t: Tensor) -> Tensor:
         """Per-sample weight [B] of the target's MSE; min_snr: the x0-MSE weight min(SNR, gamma) (Hang et al. 2023).
@@ -171,11 +182,21 @@ class GaussianDiffusion:
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
     ) -> Tensor:
         """t ~ U(0, 1) per sample (Imagen App. A, continuous time); an expert (log_snr_range, eDiff-I, Balaji et al.
-        2022 Sec. 4) draws t uniformly over its own interval instead."""
+        2022 Sec. 4) draws t uniformly over its own interval instead; noise_level_sampling=weighted draws t in
+        proportion to the loss weight (`draw_t` gives the factor that keeps the objective)."""
+        return self.draw_t(batch, generator, device)[0]
+
+    def draw_t(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(t [B], importance [B]): t as `sample_t` draws it and p(t) / q(t), the factor on the loss that makes
+        E[importance w(t) mse(t)] the uniform-t objective's (1 when t is drawn uniformly)."""
+        if self._weighted_levels is not None:
+            return self._weighted_levels.sample(batch, generator=generator, device=device)
         u = torch.rand(batch, generator=generator, device=_gen_device(generator, device)).to(device)
-        if self.t_range == (0.0, 1.0):
-            return u
-        return self.t_range[0] + (self.t_range[1] - self.t_range[0]) * u
+        if self.t_range != (0.0, 1.0):
+            u = self.t_range[0] + (self.t_range[1] - self.t_range[0]) * u
+        return u, torch.ones_like(u)
 
     def training_loss(
         self,
@@ -187,8 +208,9 @@ class GaussianDiffusion:
         **model_kwargs,
     ) -> tuple[Tensor, Tensor]:
         """Per-sample (weighted) MSE of output vs target (Imagen Sec. 2 Eq. 1); returns (loss [B] float32, t [B])."""
-        if t is None:
-            t = self.sample_t(x0.shape[0], generator=generator, device=x0.device)
+        importance = None
+        if t is None:  # a caller's own t is taken as drawn uniformly
+            t, importance = self.draw_t(x0.shape[0], generator=generator, device=x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=_gen_device(generator, x0.device), dtype=x0.dtype)
             noise = noise.to(x0.device)
@@ -197,7 +219,10 @@ class GaussianDiffusion:
         if out.shape != x0.shape:
             raise ValueError(f"model output shape {tuple(out.shape)} must equal x0's {tuple(x0.shape)}")
         err = self.multiscale_mse(out.float() - self.target(x0, noise, t).float())
-        return err * self.loss_weight(t).to(err.device), t  # (B,)
+        weight = self.loss_weight(t).to(err.device)
+        if importance is not None:
+            weight = weight * importance.to(err.device)
+        return err * weight, t  # (B,)
 
     def multiscale_mse(self, diff: Tensor) -> Tensor:
         """Per-sample MSE [B] of the error averaged over 2^i x 2^i blocks, weighted by multiscale_weights[i] and
