@@ -190,7 +190,8 @@ class GaussianDiffusion:
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
     ) -> tuple[Tensor, Tensor]:
         """(t [B], importance [B]): t as `sample_t` draws it and p(t) / q(t), the factor on the loss that makes
-        E[importance w(t) mse(t)] the uniform-t objective's (1 when t is drawn uniformly)."""
+        E[importance w(t) mse(t)] the uniform-t objective's (1 when t is drawn uniformly). The stage's per-level loss
+        logs then show the reweighted loss, not w(t) mse(t)."""
         if self._weighted_levels is not None:
             return self._weighted_levels.sample(batch, generator=generator, device=device)
         u = torch.rand(batch, generator=generator, device=_gen_device(generator, device)).to(device)
