@@ -30,15 +30,16 @@ class WeightedNoiseLevels:
         mean_weight = weight_fn(t.reshape(-1).float()).double().reshape(num_bins, points_per_bin).mean(dim=1)
         if not torch.isfinite(mean_weight).all() or (mean_weight < 0).any() or mean_weight.sum() <= 0:
             raise ValueError("the loss weight must be finite, >= 0 and positive somewhere to draw t in proportion")
-        floor = mean_weight.max() * 1e-12  # no bin with probability 0, so q > 0 wherever p > 0 (unbiased)
-        self.probs = (mean_weight.clamp(min=floor) / mean_weight.clamp(min=floor).sum()).float()  # (bins,)
+        floored = mean_weight.clamp(min=mean_weight.max() * 1e-12)  # no bin at probability 0: q > 0 where p > 0
+        self.probs = (floored / floored.sum()).float()  # (bins,)
 
     def sample(self, batch: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
         """(t [B], importance [B]): E_q[importance f(t)] = E_{U(t_range)}[f(t)] for any f."""
         gen_device = generator.device if generator is not None else "cpu"
-        bins = torch.multinomial(self.probs.to(gen_device), batch, replacement=True, generator=generator)  # (B,)
+        probs = self.probs.to(gen_device)
+        bins = torch.multinomial(probs, batch, replacement=True, generator=generator)  # (B,)
         u = torch.rand(batch, generator=generator, device=gen_device)
         t = self.t_lo + self.width * (bins.double() + u.double())
-        importance = 1.0 / (self.probs.numel() * self.probs.to(gen_device)[bins])
+        importance = 1.0 / (probs.numel() * probs[bins])
         return t.float().to(device), importance.to(device)
