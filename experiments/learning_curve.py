@@ -27,11 +27,13 @@ from imagen_lit.eval.curves import run_start, step_checkpoints  # noqa: E402
 from imagen_lit.eval.guidance import evaluate_images, generate_for_scenes, heldout_scenes  # noqa: E402
 from imagen_lit.eval.plot import draw_curves, save_plot  # noqa: E402
 from imagen_lit.eval.stats import wilson_interval  # noqa: E402
+from sample import resolve_device  # noqa: E402
 
 
-def score(ckpt: Path, num_scenes: int, scene_seed: int, batch_size: int) -> dict[str, float]:
+def score(ckpt: Path, num_scenes: int, scene_seed: int, batch_size: int, device: str = "cpu") -> dict[str, float]:
     """Compositional accuracy of one checkpoint on the first num_scenes scenes of the held-out world seed."""
     stage, encoder, _ = load_stage(ckpt)
+    stage.to(resolve_device(device))
     scenes = heldout_scenes(num_scenes, scene_seed)
     images = generate_for_scenes(stage, encoder.encode, scenes, seed=0, batch_size=batch_size)
     return {k.removeprefix("alignment/"): v for k, v in evaluate_images(images, scenes).items()}
@@ -41,7 +43,7 @@ def curve(run_dir: Path, args: argparse.Namespace) -> list[dict[str, float]]:
     start = run_start(run_dir)
     rows = []
     for step, ckpt in step_checkpoints(run_dir):
-        metrics = score(ckpt, args.num_scenes, args.scene_seed, args.batch_size)
+        metrics = score(ckpt, args.num_scenes, args.scene_seed, args.batch_size, args.device)
         lo, hi = wilson_interval(round(metrics["overall"] * metrics["n_images"]), int(metrics["n_images"]))
         rows.append({"step": step, "minutes": (ckpt.stat().st_mtime - start) / 60, **metrics, "overall_lo": lo,
                      "overall_hi": hi})
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--num-scenes", type=int, default=200)
     parser.add_argument("--scene-seed", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--device", default="cpu", help="where to sample: cpu, cuda, or auto (cuda when available)")
     parser.add_argument("--png", type=Path, help="plot of overall accuracy against minutes, one curve per run")
     parser.add_argument("--json", type=Path, help="all rows, per run")
     args = parser.parse_args()
