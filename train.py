@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if hasattr(logger.experiment, "add_text"):
             logger.experiment.add_text("config", "```\n" + OmegaConf.to_yaml(run_config) + "```")
     log.info(describe_precision(str(trainer.precision), cfg.trainer.get("accelerator", "auto")))
-    log.info("training %s for %s steps", cfg.unet._target_, cfg.trainer.get("max_steps"))
+    log.info("training %s for %s steps", (cfg.get("unet") or cfg.stage)._target_, cfg.trainer.get("max_steps"))
     trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics[FINAL_LOSS] = metrics.get("train/loss", float("nan"))

@@ -21,6 +21,8 @@ def build_stage(cfg: DictConfig, text_dim: int, deferred: bool = False) -> BaseS
     deferred=True hands the stage a U-Net factory that Lightning calls in `configure_model`, so DeepSpeed ZeRO-3
     shards the weights as they are created.
     """
+    if cfg.get("unet") is None:  # a stage that builds its own network (the latent autoencoder, stage.autoencoder)
+        return instantiate(cfg.stage)
     unet = instantiate(cfg.unet, text_dim=text_dim, _partial_=deferred)
     diffusion = instantiate(cfg.diffusion)
     return instantiate(cfg.stage, unet=unet, diffusion=diffusion)
