@@ -92,7 +92,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     stage.to(device)
     settings = {**stage.sampling, **overrides}
     fid_cfg: dict[str, Any] = OmegaConf.to_container(cfg.eval.fid, resolve=True)  # type: ignore[assignment]
-    fid_cfg["reference"]["resolution"] = stage.unet.image_size  # real renders at the samples' size
+    fid_cfg["reference"]["resolution"] = stage.image_size  # real renders at the samples' size
     fid_cfg["kid_subset_size"] = min(fid_cfg["kid_subset_size"], len(scenes))
     fid = build_fid_evaluator(fid_cfg, device=device) if cfg.eval.fid.feature else None
     bar = tqdm(total=-(-len(scenes) // cfg.batch_size) * settings["steps"], desc="evaluating", unit="step",

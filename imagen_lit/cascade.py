@@ -52,7 +52,7 @@ def is_super_resolution(stage: BaseStage) -> bool:
 
 def stage_name(stage: BaseStage) -> str:
     """base<size> or sr<size>, by the image side the stage makes (e.g. base32, sr64, sr128)."""
-    return f"{'sr' if is_super_resolution(stage) else 'base'}{stage.unet.image_size}"
+    return f"{'sr' if is_super_resolution(stage) else 'base'}{stage.image_size}"
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Cascade:
             atomic_write(folder / name / CONFIG_FILE, lambda f, c=cfg: f.write(OmegaConf.to_yaml(c).encode()))
         index = {"format_version": FORMAT_VERSION, "stages": self.names,
                  "text_encoder": encoder_identity(self.configs[0].text_encoder),
-                 "image_sizes": [s.unet.image_size for s in self.stages]}
+                 "image_sizes": [s.image_size for s in self.stages]}
         atomic_write(folder / CASCADE_FILE, lambda f: f.write(json.dumps(index, indent=2).encode()))
         return folder
 
@@ -255,9 +255,9 @@ def check_chain(stages: Sequence[BaseStage], names: Sequence[str]) -> None:
         if not is_super_resolution(stage):
             raise ValueError(f"stage {names[i]} follows {names[i - 1]} but is not a super-resolution stage: "
                              f"only the first stage of a cascade can be a base stage")
-        if not stage.fully_convolutional and stage.lowres_size != prev.unet.image_size:
+        if not stage.fully_convolutional and stage.lowres_size != prev.image_size:
             raise ValueError(f"stage {names[i]} upsamples {stage.lowres_size}x{stage.lowres_size} images but "
-                             f"{names[i - 1]} makes {prev.unet.image_size}x{prev.unet.image_size}")
+                             f"{names[i - 1]} makes {prev.image_size}x{prev.image_size}")
 
 
 def main() -> None:

@@ -92,6 +92,11 @@ class BaseStage(L.LightningModule):
             raise ValueError(f"unknown sampling options {sorted(unknown)}; valid: {sorted(self.default_sampling)}")
         return sampling
 
+    @property
+    def image_size(self) -> int:
+        """The side in pixels of the images this stage samples."""
+        return self.unet.image_size
+
     def _under_deepspeed(self) -> bool:
         return self._trainer is not None and hasattr(self._trainer.strategy, "deepspeed_engine")
 

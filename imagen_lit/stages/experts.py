@@ -29,7 +29,7 @@ class ExpertPair:
         for name, stage in (("low_noise", low_noise), ("high_noise", high_noise)):
             if not isinstance(stage, BaseStage) or getattr(stage, "scale", None):
                 raise ValueError(f"{name} must be a text-to-image base stage (not a super-resolution one)")
-        low_size, high_size = low_noise.unet.image_size, high_noise.unet.image_size
+        low_size, high_size = low_noise.image_size, high_noise.image_size
         if low_size != high_size:
             raise ValueError(f"the experts sample at {low_size} and {high_size}: train both at one data.resolution")
         self.low_noise, self.high_noise = low_noise, high_noise
@@ -40,6 +40,10 @@ class ExpertPair:
     @property
     def unet(self) -> torch.nn.Module:
         return self.low_noise.unet
+
+    @property
+    def image_size(self) -> int:
+        return self.low_noise.image_size
 
     @property
     def device(self) -> torch.device:

@@ -84,6 +84,11 @@ class LatentBaseStage(BaseStage):
             load_autoencoder_weights(self.autoencoder, autoencoder_ckpt)
             self.autoencoder_loaded.fill_(True)
 
+    @property
+    def image_size(self) -> int:
+        """The side of the decoded images: the U-Net's latent side times the autoencoder's factor."""
+        return self.unet.image_size * self.autoencoder.factor
+
     def on_fit_start(self) -> None:
         if not bool(self.autoencoder_loaded):
             path = self.autoencoder_ckpt

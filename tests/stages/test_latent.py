@@ -51,7 +51,7 @@ def test_the_latent_stage_diffuses_the_frozen_latents_and_samples_images(runs, t
     assert bool(stage.autoencoder_loaded) and not any(p.requires_grad for p in stage.autoencoder.parameters())
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(stage.diffusion_target(images, {}), stage.autoencoder.encode(images))
-    assert stage.unet.image_size == 8 and stage.unet.in_channels == 4
+    assert stage.unet.image_size == 8 and stage.unet.in_channels == stage.autoencoder.latent_channels == 8
     embeds, mask = encoder.encode(["a red circle", "two blue squares"])
     out = stage.generate(embeds, mask, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 3, 32, 32) and out.min() >= -1 and out.max() <= 1
@@ -77,3 +77,14 @@ def test_autoencoder_ceiling_scores_renders_and_their_reconstructions(runs):
     assert result["renders"]["overall"] == 1.0  # the scorer on true renders
     assert 0.0 <= result["reconstructions"]["overall"] <= 1.0 and result["reconstructions"]["mse"] > 0
     assert ceiling(base_ckpt, num_scenes=4)["reconstructions"] == result["reconstructions"]  # the base's frozen copy
+
+
+def test_evaluation_with_fid_renders_the_reference_at_the_decoded_size(runs, tmp_path):
+    """sample.py's FID reference is rendered at the stage's image_size (32: 8x8 latents x factor 4), not the U-Net's."""
+    _, base_ckpt = runs
+    stage, _, _ = load_stage(base_ckpt)
+    assert stage.image_size == 32 and stage.unet.image_size == 8
+    cfg = compose_config("sample", tmp_path / "eval", [f"ckpt_path={base_ckpt}", "progress=false", "evaluate=true",
+                                                       "eval.num_images=2", "eval.fid.reference.num_images=4",
+                                                       f"eval.fid.cache_dir={tmp_path / 'fid'}"])
+    assert sample(cfg)["fidelity/domain_fid"] >= 0
