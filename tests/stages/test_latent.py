@@ -51,7 +51,7 @@ def test_the_latent_stage_diffuses_the_frozen_latents_and_samples_images(runs, t
     assert bool(stage.autoencoder_loaded) and not any(p.requires_grad for p in stage.autoencoder.parameters())
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(stage.diffusion_target(images, {}), stage.autoencoder.encode(images))
-    assert stage.unet.image_size == 8 and stage.unet.in_channels == stage.autoencoder.latent_channels == 8
+    assert stage.unet.image_size == 8 and stage.unet.in_channels == stage.autoencoder.latent_channels == 4
     embeds, mask = encoder.encode(["a red circle", "two blue squares"])
     out = stage.generate(embeds, mask, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 3, 32, 32) and out.min() >= -1 and out.max() <= 1
