@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imagen_lit.eval.compositional import CATEGORIES
-from imagen_lit.eval.stats import difference_interval, homogeneity_p, wilson_interval
+from imagen_lit.eval.stats import difference_interval, homogeneity_p, rank_test_p, wilson_interval
 from imagen_lit.sweep import write_pareto
 
 NAMES = {"colour": "single", "counting": "counting", "position": "position", "binding": "binding",
@@ -77,7 +77,7 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> 
                  _millions(p["unet_params"]), _millions(p["text_params"])]
         cells += [_interval(p.get(c)) for c in (*CATEGORIES, "overall")]
         cells += [_by_seed(p["overall_by_seed"])] if by_seed else []
-        cells += [_signed(versus(p, lines_in, base))] if base else []
+        cells += [_signed(versus(p, lines_in, base)) + _runs(p, lines_in, base)] if base else []
         cells += [f"{p['fid']:.1f}" if p["fid"] is not None else "-",
                   f"{p['train_minutes']:.1f}" if p["train_minutes"] is not None else "-"]
         cells += [_interval(p.get(f"probe/{q}")) for q in probes]
@@ -88,12 +88,30 @@ def markdown(spec: dict[str, Any], rows: list[dict[str, Any]], command: str) -> 
 def versus(line: dict[str, Any], lines: list[dict[str, Any]], baseline: str) -> tuple[float, float, float] | None:
     """The line's overall accuracy minus that of the baseline config at the same step (pooled counts), with its 95%
     interval; None for the baseline itself or where either has no scored seed."""
+    other = _baseline_line(line, lines, baseline)
+    if other is None or not line["overall_by_seed"] or not other["overall_by_seed"]:
+        return None
+    return difference_interval(*_pooled_counts(line), *_pooled_counts(other))
+
+
+def _baseline_line(line: dict[str, Any], lines: list[dict[str, Any]], baseline: str) -> dict[str, Any] | None:
+    """The baseline config's line at the same step as this one; None for the baseline itself."""
     step = line.get("step")
     point = baseline if step is None else f"{baseline}@{int(step)}"
     other = next((q for q in lines if q["config"] == point), None)
-    if other is None or other is line or not line["overall_by_seed"] or not other["overall_by_seed"]:
-        return None
-    return difference_interval(*_pooled_counts(line), *_pooled_counts(other))
+    return None if other is line else other
+
+
+def _runs(line: dict[str, Any], lines: list[dict[str, Any]], baseline: str) -> str:
+    """' (runs: U of m x n seed pairs above, p)': the exact one-sided rank test of the seeds' overall accuracies
+    against the baseline's, where both have two seeds or more (pooled counts count scenes, not training runs)."""
+    other = _baseline_line(line, lines, baseline)
+    if other is None or min(len(line["overall_by_seed"]), len(other["overall_by_seed"])) < 2:
+        return ""
+    mine, theirs = ([k / n for _, k, n in q["overall_by_seed"]] for q in (line, other))
+    above = sum(mine) / len(mine) >= sum(theirs) / len(theirs)  # test in the direction of the mean difference
+    u, p = rank_test_p(mine, theirs) if above else rank_test_p(theirs, mine)
+    return f" (runs: {u:g} of {len(mine) * len(theirs)} seed pairs {'above' if above else 'below'}, p {p:.3f})"
 
 
 def _pooled_counts(line: dict[str, Any]) -> tuple[int, int]:

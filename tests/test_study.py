@@ -178,6 +178,24 @@ def test_the_table_gives_each_config_against_the_baseline_with_its_interval(tmp_
         load_spec(str(bad))
 
 
+def test_the_baseline_column_adds_the_rank_test_over_runs_where_both_have_seeds(tmp_path):
+    """Two seeds each: cross-attention's both above pooling's both is 4 of 4 pairs, p = 1 / C(4, 2); a config with
+    one seed gets no run-level test."""
+    spec = load_spec("text_conditioning_world")
+    runner = Runner(tmp_path / "runs")
+    accs = {"mean_pooling_only": (0.19, 0.20), "separate_cross_attention": (0.32, 0.30),
+            "attention_pooling_only": (0.2,)}
+    rows = [{**runner.row(j), "status": "ok", "alignment/overall": accs[j.config][j.seed], "alignment/n_images": 300}
+            for j in plan(spec, seeds=[0, 1], configs=list(accs)) if j.seed < len(accs[j.config])]
+    table = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown(spec, rows, "c").splitlines()}
+    column = table["config"].index("overall - mean_pooling_only")
+    assert table["separate_cross_attention"][column].endswith("(runs: 4 of 4 seed pairs above, p 0.167)")
+    assert "runs" not in table["attention_pooling_only"][column] and table["mean_pooling_only"][column] == "-"
+    rows = [{**r, "alignment/overall": r["alignment/overall"] - 0.2} if "cross" in r["config"] else r for r in rows]
+    table = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown(spec, rows, "c").splitlines()}
+    assert table["separate_cross_attention"][column].endswith("(runs: 4 of 4 seed pairs below, p 0.167)")
+
+
 def test_the_table_gives_each_seed_and_whether_the_seeds_agree(tmp_path):
     """With two seeds a column lists each seed's overall accuracy and the chi-square p that they share one."""
     spec = load_spec("text_conditioning_world")

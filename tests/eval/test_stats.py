@@ -12,6 +12,7 @@ from imagen_lit.eval.stats import (
     frechet_distance,
     homogeneity_p,
     paired_fid_difference,
+    rank_test_p,
     wilson_interval,
     with_intervals,
 )
@@ -84,3 +85,14 @@ def test_paired_fid_difference_is_zero_for_the_same_set_and_positive_for_a_worse
     assert 0 < lo < diff < hi
     with pytest.raises(ValueError, match="one row per scene in both"):
         paired_fid_difference(baseline[:10], baseline, reference)
+
+
+def test_rank_test_p_counts_every_split_of_the_runs():
+    """Three runs all above three: 1 of C(6, 3) = 20 splits; four against four with 14 of 16 pairs above: U >= 14 in
+    4 of 70 splits (U = 16 and 15 once each, 14 twice); ties count half; no runs on a side is one line."""
+    assert rank_test_p([3, 4, 5], [0, 1, 2]) == (9, pytest.approx(1 / 20))
+    assert rank_test_p([0.303, 0.217, 0.320, 0.313], [0.187, 0.270, 0.220, 0.207]) == (14, pytest.approx(4 / 70))
+    assert rank_test_p([0, 1, 2], [3, 4, 5]) == (0, pytest.approx(1.0))
+    assert rank_test_p([1, 1], [1, 1]) == (2, pytest.approx(1.0))
+    with pytest.raises(ValueError, match="needs runs on both sides"):
+        rank_test_p([], [1])
