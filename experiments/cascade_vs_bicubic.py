@@ -34,9 +34,9 @@ from imagen_lit.eval.fid import build_fid_evaluator  # noqa: E402
 from imagen_lit.eval.guidance import evaluate_images, heldout_scenes  # noqa: E402
 from imagen_lit.eval.stats import paired_fid_difference, wilson_interval  # noqa: E402
 from imagen_lit.images import make_grid, save_png  # noqa: E402
+from imagen_lit.study_report import NAMES  # noqa: E402  (the scorer's 'colour' category is single objects)
 
 CATEGORIES = ("colour", "counting", "position", "binding", "overall")
-HEADERS = {"colour": "single"}  # the scorer's 'colour' category is single objects, colour and shape (not colour alone)
 
 
 def sample_stage(cascade: Cascade, captions: list[str], batch_size: int, **kwargs) -> torch.Tensor:
@@ -166,7 +166,7 @@ def main() -> None:
         rows.append(versus_bicubic(row(f"cascade {sr_name}, aug_level {level}", sr, scenes, fid64), sr))
         grid.append(sr[:8])
     print(f"{args.num_scenes} held-out scenes (world seed {args.scene_seed}); overall with Wilson 95% interval")
-    headers = " ".join(f"{HEADERS.get(c, c):>8}" for c in CATEGORIES)
+    headers = " ".join(f"{NAMES[c]:>8}" for c in CATEGORIES)
     print(f"{'method':<36} {'size':>4} {headers} {'interval':>14} {'FID':>7}  FID - bicubic's [95%]")
     for r in rows:
         fid = f"{r['domain_fid']:7.2f}" if "domain_fid" in r else f"{'-':>7}"

@@ -62,10 +62,9 @@ def rank_test_p(higher: Sequence[float], lower: Sequence[float]) -> tuple[float,
 
     values, m = [*higher, *lower], len(higher)
     u = u_stat(higher, lower)
-    splits = list(itertools.combinations(range(len(values)), m))
     at_least = sum(u_stat([values[i] for i in idx], [v for i, v in enumerate(values) if i not in idx]) >= u - 1e-9
-                   for idx in splits)
-    return u, at_least / len(splits)
+                   for idx in itertools.combinations(range(len(values)), m))
+    return u, at_least / math.comb(len(values), m)
 
 
 def chance_levels(scenes: Sequence[Scene]) -> dict[str, float]:
