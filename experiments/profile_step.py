@@ -2,9 +2,11 @@
 
     python experiments/profile_step.py experiment=quickstart
     python experiments/profile_step.py experiment=quickstart stage.channels_last=true trainer.precision=32-true
+    python experiments/profile_step.py experiment=quickstart stage.optimizer._target_=imagen_lit.stages.muon.Muon
 
 The step is the stage's: the diffusion loss of the configured U-Net under the trainer's precision (bf16 autocast
-for bf16-mixed), in the stage's memory format, then AdamW. Random images and text stand in for the data, so the
+for bf16-mixed), in the stage's memory format, then the stage's optimizer (`stage.optimizer`, e.g. Muon with
+`stage.optimizer._target_=imagen_lit.stages.muon.Muon`). Random images and text stand in for the data, so the
 figure is compute alone, without the DataLoader.
 """
 
@@ -36,7 +38,7 @@ def main(overrides: list[str], iters: int = 10) -> None:
     text_dim = instantiate(cfg.text_encoder).dim
     unet = instantiate(cfg.unet, text_dim=text_dim).to(memory_format=fmt).train()
     diffusion = instantiate(cfg.diffusion)
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    opt = instantiate(cfg.stage.optimizer)(params=unet.parameters())
     b, r = cfg.data.batch_size, cfg.data.resolution
     x = torch.randn(b, 3, r, r).contiguous(memory_format=fmt)
     text, mask = torch.randn(b, TEXT_TOKENS, text_dim), torch.ones(b, TEXT_TOKENS, dtype=torch.bool)
@@ -56,7 +58,7 @@ def main(overrides: list[str], iters: int = 10) -> None:
         step()
     seconds = (time.perf_counter() - start) / iters
     print(f"{cfg.unet._target_.split('.')[-1]} {r}x{r} batch {b} precision {cfg.trainer.precision} "
-          f"channels_last={fmt is torch.channels_last} threads={torch.get_num_threads()}: "
+          f"channels_last={fmt is torch.channels_last} {type(opt).__name__} threads={torch.get_num_threads()}: "
           f"{seconds * 1000:.0f} ms/step, {b / seconds:.1f} img/s")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):

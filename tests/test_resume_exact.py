@@ -16,7 +16,8 @@ from train import train
 # With a fixed epoch (as under DDP) of 5 batches, the workers take 3 and 2 from endless passes; resuming at step 3,
 # when the next batch is worker 1's, checks the worker roles (and the epoch boundary at 5, and a second pass).
 STEPS = 8
-CASES = {"one pass": (5, []), "fixed epoch": (3, ["data.epoch_length=5"])}
+CASES = {"one pass": (5, []), "fixed epoch": (3, ["data.epoch_length=5"]),
+         "muon": (5, ["stage.optimizer._target_=imagen_lit.stages.muon.Muon"])}
 
 
 def run(tmp: Path, data: Path, *extra: str) -> dict[str, torch.Tensor]:

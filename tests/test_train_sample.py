@@ -247,6 +247,17 @@ def test_world_config_samples_at_its_measured_guidance_weight(tmp_path):
     assert compose_config("train", tmp_path, ["experiment=quickstart"]).stage.sampling.guidance_weight == 5.0
 
 
+def test_the_muon_configs_change_only_the_optimizer_and_the_step_budget(tmp_path):
+    """experiment=quickstart_muon / world_muon: Muon with the base config's lr, fewer steps for its dearer step."""
+    for name, base, steps in (("quickstart_muon", "quickstart", 700), ("world_muon", "world", 5800)):
+        muon, plain = (compose_config("train", tmp_path, [f"experiment={n}"]) for n in (name, base))
+        assert muon.stage.optimizer._target_ == "imagen_lit.stages.muon.Muon"
+        assert plain.stage.optimizer._target_ == "torch.optim.AdamW"
+        assert muon.stage.optimizer.lr == plain.stage.optimizer.lr and muon.trainer.max_steps == steps
+        assert muon.trainer.max_time == plain.trainer.max_time and muon.unet == plain.unet
+        assert muon.stage.lr_scheduler.total_steps == steps
+
+
 def test_the_expert_configs_split_the_noise_range_at_snr_1(tmp_path):
     """experts_high_mix trains on log-SNR < 0 and experts_low on >= 0, so the pair's default hand-over (0) gives each
     level to the expert trained on it; the high-noise one keeps the relation phase's loss."""

@@ -15,7 +15,7 @@ from imagen_lit.models.text_cache import text_cache
 from imagen_lit.stages.averaging import StageAverage
 from imagen_lit.stages.console import expect_eval_modules
 from imagen_lit.stages.flops import count_flops
-from imagen_lit.stages.optim import cpu_adam, offloads_optimizer
+from imagen_lit.stages.optim import cpu_adam, offloads_optimizer, refuse_partitioned
 from imagen_lit.stages.rng import RankRng
 
 NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
@@ -204,6 +204,7 @@ class BaseStage(L.LightningModule):
             optimizer = cpu_adam(self.optimizer_factory, self.unet.parameters())
         else:
             optimizer = self.optimizer_factory(params=self.unet.parameters())
+            refuse_partitioned(optimizer, self._under_deepspeed())
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

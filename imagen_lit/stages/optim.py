@@ -31,6 +31,13 @@ def cpu_adam(optimizer_factory: Callable[..., Optimizer], params: Iterable[nn.Pa
     return DeepSpeedCPUAdam(params, adamw_mode=func is torch.optim.AdamW, **kwargs)
 
 
+def refuse_partitioned(optimizer: Optimizer, under_deepspeed: bool) -> None:
+    """An optimizer that works on whole weight matrices (Muon) cannot step DeepSpeed ZeRO's flat partitions."""
+    if under_deepspeed and getattr(optimizer, "needs_whole_matrices", False):
+        raise ValueError(f"{type(optimizer).__name__} needs whole weight matrices, which DeepSpeed partitions; "
+                         "use stage.optimizer._target_=torch.optim.AdamW with a deepspeed strategy")
+
+
 def linear_warmup(optimizer: Optimizer, warmup_steps: int = 10000) -> LambdaLR:
     """Linear warmup from 0 to the base learning rate over warmup_steps, then constant."""
     if warmup_steps < 0:

@@ -34,3 +34,14 @@ def test_linear_warmup_stays_constant():
 def test_warmup_cosine_rejects_a_budget_shorter_than_warmup():
     with pytest.raises(ValueError, match="warmup_steps < total_steps"):
         _lrs(lambda o: warmup_cosine(o, warmup_steps=10, total_steps=10), 1)
+
+
+def test_muon_is_refused_under_deepspeed_and_adamw_is_not():
+    from imagen_lit.stages.muon import Muon
+    from imagen_lit.stages.optim import refuse_partitioned
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    with pytest.raises(ValueError, match="torch.optim.AdamW"):
+        refuse_partitioned(Muon(model.parameters()), under_deepspeed=True)
+    refuse_partitioned(Muon(model.parameters()), under_deepspeed=False)
+    refuse_partitioned(torch.optim.AdamW(model.parameters()), under_deepspeed=True)
