@@ -248,12 +248,12 @@ def test_world_config_samples_at_its_measured_guidance_weight(tmp_path):
 
 
 def test_the_muon_configs_change_only_the_optimizer_and_the_step_budget(tmp_path):
-    """experiment=quickstart_muon / world_muon: Muon with the base config's lr, fewer steps for its dearer step."""
-    for name, base, steps in (("quickstart_muon", "quickstart", 700), ("world_muon", "world", 5800)):
+    """experiment=quickstart_muon / world_muon: Muon at its measured lr, fewer steps for its dearer step."""
+    for name, base, steps, lr in (("quickstart_muon", "quickstart", 700, 2e-3), ("world_muon", "world", 5800, 1e-3)):
         muon, plain = (compose_config("train", tmp_path, [f"experiment={n}"]) for n in (name, base))
         assert muon.stage.optimizer._target_ == "imagen_lit.stages.muon.Muon"
-        assert plain.stage.optimizer._target_ == "torch.optim.AdamW"
-        assert muon.stage.optimizer.lr == plain.stage.optimizer.lr and muon.trainer.max_steps == steps
+        assert plain.stage.optimizer._target_ == "torch.optim.AdamW" and plain.stage.optimizer.lr == 1e-3
+        assert muon.stage.optimizer.lr == lr and muon.trainer.max_steps == steps
         assert muon.trainer.max_time == plain.trainer.max_time and muon.unet == plain.unet
         assert muon.stage.lr_scheduler.total_steps == steps
 
