@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imagen_lit.stages.muon import Muon, newton_schulz_flops, uses_muon  # noqa: E402
+from imagen_lit.stages.muon import Muon, newton_schulz_flops  # noqa: E402
 from imagen_lit.sweep import register_resolvers  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     torch.manual_seed(0)
     for p in unet.parameters():
         p.grad = torch.randn_like(p)
-    matrices = [p for p in unet.parameters() if uses_muon(p, 32)]
+    matrices = Muon(unet.parameters()).param_groups[0]["params"]  # the split Muon makes itself
     gflop = sum(min(newton_schulz_flops(p.shape[0], p[0].numel())) for p in matrices) / 1e9
     total = sum(p.numel() for p in unet.parameters())
     print(f"{type(unet).__name__}: {total / 1e6:.1f}M parameters, {len(matrices)} Muon matrices holding "

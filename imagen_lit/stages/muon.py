@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from torch.optim import Optimizer
+from torch.optim.adam import adam
 
 # The quintic Newton-Schulz coefficients of Jordan et al. (2024): they push every singular value of a matrix with
 # spectral norm <= 1 into roughly [0.7, 1.2] in five steps, which is as orthogonal as the update needs to be.
@@ -149,20 +150,15 @@ class Muon(Optimizer):
                 p.add_(o.view_as(p), alpha=-lr * scale)
 
     def _adamw_step(self, group: dict) -> None:
-        lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            if "step" not in state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            step = state["step"]
-            state["exp_avg"].lerp_(p.grad, 1.0 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
-            denom = (state["exp_avg_sq"] / (1.0 - beta2**step)).sqrt_().add_(eps)
-            if decay:
-                p.mul_(1.0 - lr * decay)
-            p.addcdiv_(state["exp_avg"], denom, value=-lr / (1.0 - beta1**step))
+        """torch's own AdamW (decoupled weight decay) on the parameters that are not Muon matrices."""
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if "step" not in self.state[p]:
+                self.state[p].update(step=torch.zeros((), dtype=torch.float32), exp_avg=torch.zeros_like(p),
+                                     exp_avg_sq=torch.zeros_like(p))
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+             [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], decoupled_weight_decay=True,
+             amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+             eps=group["eps"], maximize=False)

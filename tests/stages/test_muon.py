@@ -151,3 +151,19 @@ def test_train_py_trains_and_resumes_with_muon(tmp_path: Path, shared_data_dir: 
         "trainer.max_steps=4", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"])
     train(resumed)
     assert read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_the_other_parameters_step_exactly_as_torch_adamw():
+    model, reference = net(), net()
+    opt = Muon(model.parameters(), lr=3e-3, weight_decay=0.1)
+    others = [p for p in reference.parameters() if not uses_muon(p, 32)]
+    ref_opt = torch.optim.AdamW(others, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    for _ in range(3):
+        for m, o in ((model, opt), (reference, ref_opt)):
+            o.zero_grad()
+            regression_loss(m).backward()
+            o.step()
+        with torch.no_grad():
+            reference[2].weight.copy_(model[2].weight)  # the Muon matrix follows Muon in both
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
