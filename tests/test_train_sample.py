@@ -247,15 +247,22 @@ def test_world_config_samples_at_its_measured_guidance_weight(tmp_path):
     assert compose_config("train", tmp_path, ["experiment=quickstart"]).stage.sampling.guidance_weight == 5.0
 
 
-def test_the_muon_configs_change_only_the_optimizer_and_the_step_budget(tmp_path):
-    """experiment=quickstart_muon / world_muon: Muon at its measured lr, fewer steps for its dearer step."""
-    for name, base, steps, lr in (("quickstart_muon", "quickstart", 700, 2e-3), ("world_muon", "world", 5800, 1e-3)):
-        muon, plain = (compose_config("train", tmp_path, [f"experiment={n}"]) for n in (name, base))
+def test_muon_and_adamw_recipes_differ_only_in_the_optimizer_and_the_step_budget(tmp_path):
+    """experiment=quickstart / world_muon run Muon at its measured lr with fewer steps for its dearer step;
+    quickstart_adamw / world keep the AdamW recipe their committed results were measured with."""
+    for name, plain_name, steps, lr in (("quickstart", "quickstart_adamw", 700, 2e-3),
+                                        ("world_muon", "world", 5800, 1e-3)):
+        muon, plain = (compose_config("train", tmp_path, [f"experiment={n}"]) for n in (name, plain_name))
         assert muon.stage.optimizer._target_ == "imagen_lit.stages.muon.Muon"
         assert plain.stage.optimizer._target_ == "torch.optim.AdamW" and plain.stage.optimizer.lr == 1e-3
         assert muon.stage.optimizer.lr == lr and muon.trainer.max_steps == steps
         assert muon.trainer.max_time == plain.trainer.max_time and muon.unet == plain.unet
         assert muon.stage.lr_scheduler.total_steps == steps
+        assert muon.data == plain.data and muon.diffusion == plain.diffusion
+    for name in ("quickstart_latent", "world_gpu64", "experts_low"):   # measured with AdamW: pinned
+        cfg = compose_config("train", tmp_path, [f"experiment={name}", "stage.autoencoder_ckpt=x"] if "latent" in name
+                             else [f"experiment={name}"])
+        assert cfg.stage.optimizer._target_ == "torch.optim.AdamW", name
 
 
 def test_the_expert_configs_split_the_noise_range_at_snr_1(tmp_path):
