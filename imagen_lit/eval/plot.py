@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CURVE_COLOURS = {"none": (120, 120, 120), "static": (220, 60, 40), "dynamic": (40, 90, 220)}
-OTHER_COLOURS = [(40, 160, 70), (150, 60, 180), (230, 150, 20), (0, 150, 170), (200, 40, 120)]  # distinct up to 5 curves
+OTHER_COLOURS = [(40, 160, 70), (150, 60, 180), (230, 150, 20), (0, 150, 170), (200, 40, 120)]  # 5 distinct
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
