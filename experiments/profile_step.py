@@ -2,12 +2,12 @@
 
     python experiments/profile_step.py experiment=quickstart
     python experiments/profile_step.py experiment=quickstart stage.channels_last=true trainer.precision=32-true
-    python experiments/profile_step.py experiment=quickstart stage.optimizer._target_=imagen_lit.stages.muon.Muon
+    python experiments/profile_step.py experiment=quickstart_adamw   # the same U-Net and batch with AdamW
 
 The step is the stage's: the diffusion loss of the configured U-Net under the trainer's precision (bf16 autocast
-for bf16-mixed), in the stage's memory format, then the stage's optimizer (`stage.optimizer`, e.g. Muon with
-`stage.optimizer._target_=imagen_lit.stages.muon.Muon`). Random images and text stand in for the data, so the
-figure is compute alone, without the DataLoader.
+for bf16-mixed), in the stage's memory format, then the stage's optimizer (`stage.optimizer`: Muon under
+`experiment=quickstart`, AdamW under `experiment=quickstart_adamw`). Random images and text stand in for the
+data, so the figure is compute alone, without the DataLoader.
 """
 
 from __future__ import annotations
