@@ -293,3 +293,24 @@ def test_drawbench_grids_per_category(trained, tmp_path):
     assert grid.size == (2 * 20, 7 * 20)  # 7 prompts x 2 images of 16 px with 2 px padding
     with pytest.raises(ValueError, match="unknown DrawBench category"):
         sample(sample_cfg(tmp_path / "bad", trained / "checkpoints" / "last.ckpt", "drawbench=Nope"))
+
+
+def test_a_time_budgeted_schedule_without_max_time_fails_in_one_line(train_cfg):
+    with open_dict(train_cfg):
+        train_cfg.stage.lr_scheduler = {"_target_": "imagen_lit.stages.warmup_cosine", "_partial_": True,
+                                        "warmup_steps": 1, "total_steps": 4, "time_budget": True}
+        train_cfg.trainer.max_time = None
+    with pytest.raises(ValueError, match="needs trainer.max_time"):
+        train(train_cfg)
+
+
+def test_a_time_budgeted_schedule_trains_under_max_time(train_cfg):
+    with open_dict(train_cfg):
+        train_cfg.stage.lr_scheduler = {"_target_": "imagen_lit.stages.warmup_cosine", "_partial_": True,
+                                        "warmup_steps": 1, "total_steps": 4, "time_budget": True}
+        train_cfg.trainer.max_time = "00:00:10:00"
+    train(train_cfg)
+    from imagen_lit.checkpoint import read_checkpoint
+
+    state = read_checkpoint(Path(train_cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert state["global_step"] == 4  # the steps ran out first; the clock only ever shortens the cosine

@@ -15,7 +15,7 @@ from imagen_lit.models.text_cache import text_cache
 from imagen_lit.stages.averaging import StageAverage
 from imagen_lit.stages.console import expect_eval_modules
 from imagen_lit.stages.flops import count_flops
-from imagen_lit.stages.optim import cpu_adam, offloads_optimizer, refuse_partitioned
+from imagen_lit.stages.optim import attach_budget_clock, cpu_adam, offloads_optimizer, refuse_partitioned
 from imagen_lit.stages.rng import RankRng
 
 NOISE_BUCKETS = 4  # train/loss is also logged per quarter of t, the noise level
@@ -208,6 +208,8 @@ class BaseStage(L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
+        if self._trainer is not None:
+            attach_budget_clock(scheduler, self.trainer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from imagen_lit.models.autoencoder import ImageAutoencoder
 from imagen_lit.stages.base import BaseStage
 from imagen_lit.stages.console import expect_eval_modules
 from imagen_lit.stages.flops import count_flops
+from imagen_lit.stages.optim import attach_budget_clock
 
 AUTOENCODER_PREFIX = "autoencoder."
 
@@ -54,6 +55,8 @@ class AutoencoderStage(L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
+        if self._trainer is not None:
+            attach_budget_clock(scheduler, self.trainer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
