@@ -113,3 +113,20 @@ def test_the_budget_clock_reads_the_timer_lightning_builds_from_max_time():
                         enable_progress_bar=False, enable_model_summary=False)
     attach_budget_clock(sched, trainer)
     assert sched.budget_clock.timer is not None and sched.budget_clock.fraction() == 0.0  # not started yet
+
+
+def test_a_time_budgeted_schedule_checkpoints_its_steps_but_not_its_clock(tmp_path):
+    """The clock holds a live Timer: it stays out of the state (which loads with weights_only), and a restored
+    schedule keeps its own clock and step count."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = warmup_cosine(opt, 10, 110, time_budget=True)
+    sched.budget_clock.timer = _FakeTimer(budget=100.0)
+    for _ in range(20):
+        opt.step()
+        sched.step()
+    torch.save(sched.state_dict(), tmp_path / "sched.pt")
+    state = torch.load(tmp_path / "sched.pt", weights_only=True)
+    assert "budget_clock" not in state and state["last_epoch"] == 20
+    restored = warmup_cosine(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0), 10, 110, time_budget=True)
+    restored.load_state_dict(state)
+    assert restored.last_epoch == 20 and restored.budget_clock is not None and restored.budget_clock.timer is None
