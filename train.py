@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from imagen_lit.build import build_stage
 from imagen_lit.precision import describe_precision
 from imagen_lit.stages.callbacks import SaveRunConfig
-from imagen_lit.stages.console import console_callbacks, quiet_library_notices
+from imagen_lit.stages.console import console_callbacks, describe_budget, quiet_library_notices
 from imagen_lit.stages.finetune import InitFrom
 from imagen_lit.sweep import register_resolvers, run_task
 
@@ -53,7 +53,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if hasattr(logger.experiment, "add_text"):
             logger.experiment.add_text("config", "```\n" + OmegaConf.to_yaml(run_config) + "```")
     log.info(describe_precision(str(trainer.precision), cfg.trainer.get("accelerator", "auto")))
-    log.info("training %s for %s steps", (cfg.get("unet") or cfg.stage)._target_, cfg.trainer.get("max_steps"))
+    log.info("training %s %s", (cfg.get("unet") or cfg.stage)._target_,
+             describe_budget(cfg.trainer, cfg.stage.get("lr_scheduler")))
     trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics[FINAL_LOSS] = metrics.get("train/loss", float("nan"))

@@ -94,3 +94,11 @@ def console_callbacks(trainer_cfg: Any) -> list[Callback]:
     if trainer_cfg.get("enable_model_summary", True):
         out.append(StageSummary())
     return out
+
+
+def describe_budget(trainer_cfg: Any, lr_scheduler_cfg: Any) -> str:
+    """The run's budget in one phrase: a step count, its time guard, or the time budget the cosine spans."""
+    steps, max_time = trainer_cfg.get("max_steps"), trainer_cfg.get("max_time")
+    if lr_scheduler_cfg is not None and lr_scheduler_cfg.get("time_budget"):
+        return f"for {max_time} (the learning-rate cosine spans this time budget; at most {steps} steps)"
+    return f"for {steps} steps" + (f" (a {max_time} guard)" if max_time else "")

@@ -66,3 +66,13 @@ def test_summary_has_no_flop_line(capsys):
     StageSummary.summarize(data, 20_000_000, 10_000_000, 80.0, {"train": 5, "eval": 3}, 0)
     out = capsys.readouterr().out
     assert "FLOPs" not in out and "eval mode: 3 (the EMA copy)" in out and "EfficientUNet" in out
+
+
+def test_the_budget_line_names_the_time_budget_the_cosine_spans():
+    from imagen_lit.stages.console import describe_budget
+
+    assert describe_budget({"max_steps": 3000, "max_time": "00:00:07:00"}, {"time_budget": True}) == (
+        "for 00:00:07:00 (the learning-rate cosine spans this time budget; at most 3000 steps)")
+    assert describe_budget({"max_steps": 5800, "max_time": "00:01:00:00"}, {"time_budget": False}) == (
+        "for 5800 steps (a 00:01:00:00 guard)")
+    assert describe_budget({"max_steps": 4, "max_time": None}, None) == "for 4 steps"
